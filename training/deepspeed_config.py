@@ -1,0 +1,32 @@
+"""The DeepSpeed config, derived from a recipe; nothing in it is typed twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from training.config import PretrainConfig
+
+
+def deepspeed_config(cfg: PretrainConfig) -> dict[str, Any]:
+    """DeepSpeed's JSON config for a recipe (the optimizer and LR schedule are passed as objects)."""
+    ds = cfg.deepspeed
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage >= 1:
+        zero |= {"overlap_comm": cfg.scaling.use_gpu, "contiguous_gradients": True}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
+    return {
+        "train_batch_size": cfg.train.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum_steps,
+        "gradient_clipping": cfg.optimizer.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.train.precision == "bf16"},
+        # torch's AdamW is tested with ZeRO here; DeepSpeed's CPU Adam is used with offload.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,  # fmstack prints its own progress line
+        "wall_clock_breakdown": False,
+    }

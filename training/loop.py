@@ -1,0 +1,283 @@
+"""The per-worker training loop. Ray Train runs `train_loop_per_worker` on every rank.
+
+Builders make the tokenizer, model, engine and objective; the loop reads like pseudo-code;
+everything arrives through the loop config, nothing through module globals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.checkpoint import (
+    TrainerState,
+    gather_fp32_state_dict,
+    restore_checkpoint,
+    save_checkpoint,
+    write_export,
+)
+from training.config import PretrainConfig
+from training.deepspeed_config import deepspeed_config
+from training.metrics import StepWindow, TrainingMetrics
+from training.models import build_model, count_parameters, flops_per_token, model_config
+from training.objectives import IGNORE_INDEX, causal_lm_inputs, masked_lm_inputs
+from training.schedule import lr_multiplier
+from training.storage import MANIFEST, local_copy, publish_directory
+from training.tokenizer import load_tokenizer
+
+MakeInputs = Callable[[torch.Tensor, tuple[Any, ...]], dict[str, torch.Tensor]]
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by `train.fail_once_at_step` to rehearse recovery."""
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    cfg = PretrainConfig.model_validate(loop_config["recipe"])
+    _configure_process(cfg)
+    import ray.train
+    import torch.distributed as dist
+
+    rank = ray.train.get_context().get_world_rank()
+    tokenizer = load_tokenizer(local_copy(loop_config["tokenizer_uri"]))
+    torch.manual_seed(cfg.train.seed)
+    hf_config = model_config(cfg.model, tokenizer, cfg.data.seq_len)
+    model = build_model(hf_config)
+    n_params = count_parameters(model)
+    flops_tok = flops_per_token(hf_config, n_params, cfg.data.seq_len)
+    engine = build_engine(model, cfg)
+    state = restore_checkpoint(engine)
+    make_inputs = build_objective(cfg, tokenizer, rank)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("validation")
+    metrics = TrainingMetrics(cfg.checkpoint.run_name, cfg.objective) if rank == 0 else None
+    log = _printer(rank)
+
+    log(f"{cfg.model.arch} {n_params / 1e6:.1f}M params, ZeRO-{cfg.deepspeed.zero_stage}, "
+        f"{cfg.train.precision}, {dist.get_world_size()} workers, grad accum "
+        f"{cfg.grad_accum_steps}" + (f", resuming at step {state.step}" if state.step else ""))
+    if state.initial_validation_loss is None:
+        state.initial_validation_loss = evaluate(engine, val_shard, make_inputs, cfg)
+        log(f"step 0 | validation loss {state.initial_validation_loss:.4f}")
+
+    tokens_per_micro = cfg.train.micro_batch_size * cfg.data.seq_len * dist.get_world_size()
+    window, loss_sum, loss_count = StepWindow(), 0.0, 0
+    last_metrics: dict[str, float] = {}
+    started = time.monotonic()
+    start_step = state.step
+    for micro, input_ids in enumerate(micro_batches(train_shard, cfg, state)):
+        if state.step >= cfg.train.max_steps:
+            break
+        loss = engine(**make_inputs(input_ids, ("train", state.step, micro))).loss
+        engine.backward(loss)
+        engine.step()
+        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        state.tokens_seen += tokens_per_micro
+        window.add(0, tokens_per_micro)
+        if engine.global_steps == state.step:
+            continue  # still accumulating gradients
+        state.step = engine.global_steps
+        window.add(1, 0)
+
+        if cfg.train.fail_once_at_step == state.step and state.resumed_from_step is None and rank == 0:
+            raise InjectedFailure(f"injected failure at step {state.step} (train.fail_once_at_step)")
+        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+            train_loss = _mean_across_ranks(loss_sum, loss_count)
+            rates = window.rates(flops_tok)
+            lr = engine.get_lr()[0]
+            last_metrics |= {"train_loss": train_loss, **rates, "learning_rate": lr}
+            eta = (time.monotonic() - started) / (state.step - start_step) * (
+                cfg.train.max_steps - state.step
+            )
+            log(f"step {state.step}/{cfg.train.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
+                f"{rates['tokens_per_second']:,.0f} tok/s | "
+                f"{rates['flops_per_second'] / 1e9:.1f} GFLOP/s | eta {_duration(eta)}")
+            if metrics:
+                metrics.record_window(state.step, train_loss, lr, rates)
+                metrics.record_tokens(window.tokens)
+            window, loss_sum, loss_count = StepWindow(), 0.0, 0
+        if state.step % cfg.train.eval_every == 0 or state.step == cfg.train.max_steps:
+            val_loss = evaluate(engine, val_shard, make_inputs, cfg)
+            last_metrics |= {"validation_loss": val_loss, "validation_perplexity": _ppl(val_loss)}
+            log(f"step {state.step} | validation loss {val_loss:.4f} | "
+                f"perplexity {_ppl(val_loss):.1f}")
+            if metrics:
+                metrics.record_validation(val_loss, _ppl(val_loss))
+        if state.step % cfg.checkpoint.every_steps == 0 or state.step == cfg.train.max_steps:
+            report = {**last_metrics, "step": state.step, "epoch": state.epoch,
+                      "tokens_seen": state.tokens_seen,
+                      "initial_validation_loss": state.initial_validation_loss}
+            seconds = save_checkpoint(engine, state, report)
+            if metrics:
+                metrics.record_checkpoint(seconds)
+
+    export(engine, hf_config, tokenizer, cfg, loop_config, state, last_metrics, n_params)
+    dist.barrier()
+
+
+# ---------------------------------------------------------------- builders
+
+
+def _configure_process(cfg: PretrainConfig) -> None:
+    # DeepSpeed picks its accelerator on first use; CPU workers must not probe for CUDA.
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
+    torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker)))
+
+
+def build_engine(model: torch.nn.Module, cfg: PretrainConfig) -> Any:
+    """A DeepSpeed engine with AdamW (decay on matrices only) and the recipe's LR schedule."""
+    import deepspeed
+
+    opt = cfg.optimizer
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": opt.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if cfg.deepspeed.offload_optimizer:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer = DeepSpeedCPUAdam(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
+
+    def schedule(optim: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(
+            optim, lambda step: lr_multiplier(step, opt, cfg.train.max_steps)
+        )
+
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(cfg)
+    )
+    return engine
+
+
+def build_objective(cfg: PretrainConfig, tokenizer: Any, rank: int) -> MakeInputs:
+    """Inputs and labels for a batch; masking is seeded by (seed, rank, position) so resumes repeat it."""
+    if cfg.objective == "causal_lm":
+        return lambda ids, _key: causal_lm_inputs(ids)
+    special = [t for t in tokenizer.all_special_ids if t is not None]
+
+    def masked(ids: torch.Tensor, key: tuple[Any, ...]) -> dict[str, torch.Tensor]:
+        seed = int.from_bytes(
+            hashlib.blake2b(repr((cfg.train.seed, rank, key)).encode(), digest_size=8).digest(),
+            "little",
+        ) & (2**63 - 1)
+        return masked_lm_inputs(
+            ids,
+            mask_id=tokenizer.mask_token_id,
+            vocab_size=len(tokenizer),
+            special_ids=special,
+            probability=cfg.train.mlm_probability,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    return masked
+
+
+def micro_batches(shard: Any, cfg: PretrainConfig, state: TrainerState) -> Iterator[torch.Tensor]:
+    """Endless micro-batches of this rank's shard, starting at the saved data position."""
+    while True:
+        skip = state.batches_in_epoch
+        batches = shard.iter_torch_batches(
+            batch_size=cfg.train.micro_batch_size, drop_last=True, dtypes=torch.long
+        )
+        for i, batch in enumerate(batches):
+            if i < skip:
+                continue
+            state.batches_in_epoch = i + 1
+            yield batch["input_ids"]
+        state.epoch += 1
+        state.batches_in_epoch = 0
+
+
+def evaluate(engine: Any, shard: Any, make_inputs: MakeInputs, cfg: PretrainConfig) -> float:
+    """Token-weighted mean validation loss over every rank's first `eval_batches` batches."""
+    import torch.distributed as dist
+
+    engine.eval()
+    totals = torch.zeros(2, dtype=torch.float64)
+    batches = shard.iter_torch_batches(
+        batch_size=cfg.train.micro_batch_size, drop_last=True, dtypes=torch.long
+    )
+    with torch.no_grad():
+        for i, batch in enumerate(batches):
+            if i >= cfg.train.eval_batches:
+                break
+            inputs = make_inputs(batch["input_ids"], ("eval", i))
+            labels = inputs["labels"]
+            targets = labels[:, 1:] if cfg.objective == "causal_lm" else labels
+            n = int((targets != IGNORE_INDEX).sum())
+            totals += torch.tensor([engine(**inputs).loss.float().item() * n, n], dtype=torch.float64)
+    dist.all_reduce(totals)
+    engine.train()
+    return float(totals[0] / totals[1])
+
+
+def export(
+    engine: Any,
+    hf_config: Any,
+    tokenizer: Any,
+    cfg: PretrainConfig,
+    loop_config: dict[str, Any],
+    state: TrainerState,
+    metrics: dict[str, float],
+    n_params: int,
+) -> None:
+    """Rank 0 publishes the consolidated Hugging Face model (all ranks join the gather)."""
+    import ray.train
+
+    weights = gather_fp32_state_dict(engine.module)
+    if ray.train.get_context().get_world_rank() != 0:
+        return
+    manifest = {
+        "task": cfg.objective,
+        "architecture": hf_config.model_type,
+        "parameters": n_params,
+        "metrics": {**metrics, "initial_validation_loss": state.initial_validation_loss,
+                    "steps": state.step, "tokens_seen": state.tokens_seen},
+        "lineage": loop_config["lineage"],
+        "recipe": loop_config["recipe"],
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    with tempfile.TemporaryDirectory(prefix="fmstack-export-") as tmp:
+        write_export(Path(tmp), hf_config, weights, tokenizer, manifest)
+        publish_directory(Path(tmp), loop_config["export_uri"], manifest_last=MANIFEST)
+    print(f"exported model to {loop_config['export_uri']}", flush=True)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _mean_across_ranks(total: float, count: int) -> float:
+    import torch.distributed as dist
+
+    t = torch.tensor([total, count], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0] / max(t[1], 1))
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _printer(rank: int) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        if rank == 0:
+            print(message, flush=True)
+
+    return log

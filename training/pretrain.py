@@ -1,0 +1,157 @@
+"""The pretraining driver: validate, prepare tokenizer and data, then `TorchTrainer.fit()`."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from training.config import PretrainConfig
+from training.data import build_datasets, check_sources, read_documents, sample_texts
+from training.storage import exists, is_uri, join, local_copy, publish_directory
+from training.tokenizer import build_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainResult:
+    run_dir: str
+    """Where the run keeps checkpoints, tokenizer and export."""
+    model_dir: str
+    """The exported Hugging Face directory."""
+    checkpoint: str | None
+    """The latest checkpoint."""
+    metrics: dict[str, Any]
+    """Rank 0's metrics at the latest checkpoint."""
+
+
+def preflight(cfg: PretrainConfig) -> None:
+    """Everything that can be checked before Ray starts."""
+    check_sources(cfg.data)
+    if cfg.tokenizer.kind == "pretrained":
+        assert cfg.tokenizer.path is not None
+        if not is_uri(cfg.tokenizer.path) and not Path(cfg.tokenizer.path).is_dir():
+            raise FileNotFoundError(
+                f"tokenizer.path: {cfg.tokenizer.path} is not a directory with a tokenizer"
+            )
+
+
+def storage_root(cfg: PretrainConfig) -> str:
+    path = cfg.checkpoint.storage_path
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def ensure_ray(address: str | None, cfg: PretrainConfig) -> None:
+    """Connect to `address`, or start an embedded local Ray sized for the job."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address)
+        return
+    needed = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999)
+    ray.init(num_cpus=max(os.cpu_count() or 1, needed))
+
+
+def prepare_tokenizer(cfg: PretrainConfig, documents: Any, run_dir: str) -> str:
+    """The run's tokenizer: reused when the run already has one, so a resumed run matches."""
+    uri = join(run_dir, "tokenizer")
+    if exists(join(uri, "tokenizer_config.json")):
+        return uri
+    tokenizer = build_tokenizer(cfg.tokenizer, sample_texts(documents))
+    with tempfile.TemporaryDirectory(prefix="fmstack-tok-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        publish_directory(Path(tmp), uri)
+    return uri
+
+
+def dataset_fingerprint(cfg: PretrainConfig) -> str:
+    """A hash of what was read: source descriptions and, for local files, their bytes."""
+    from training.data import _packaged_files
+
+    digest = hashlib.sha256()
+    for src in cfg.data.sources:
+        digest.update(src.model_dump_json().encode())
+        files = _packaged_files(src.kind) if src.path is None else _local_files(src.path)
+        for f in files:
+            digest.update(f.name.encode())
+            digest.update(f.read_bytes())
+    digest.update(f"{cfg.data.seq_len}:{cfg.data.validation_fraction}".encode())
+    return digest.hexdigest()
+
+
+def _local_files(path: str) -> list[Path]:
+    if is_uri(path):
+        return []
+    p = Path(path)
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file())
+    return sorted(p.parent.glob(p.name))
+
+
+def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> PretrainResult:
+    """Run a pretraining job to completion (or resume it) and export its model."""
+    preflight(cfg)
+    ensure_ray(address, cfg)
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from training.loop import train_loop_per_worker
+    from training.sharding import EqualSplit
+
+    root = storage_root(cfg)
+    run_dir = join(root, cfg.checkpoint.run_name)
+    documents = read_documents(cfg.data)
+    tokenizer_uri = prepare_tokenizer(cfg, documents, run_dir)
+    train_ds, val_ds = build_datasets(cfg, documents, str(local_copy(tokenizer_uri)))
+    print(
+        f"data: {train_ds.count():,} training and {val_ds.count():,} validation blocks of "
+        f"{cfg.data.seq_len} tokens",
+        flush=True,
+    )
+    loop_config = {
+        "recipe": cfg.model_dump(mode="json"),
+        "tokenizer_uri": tokenizer_uri,
+        "export_uri": join(run_dir, "model"),
+        "lineage": {
+            "base_model": None,
+            "teacher": None,
+            "dataset": {
+                "sources": [s.model_dump(mode="json") for s in cfg.data.sources],
+                "sha256": dataset_fingerprint(cfg),
+                "train_blocks": train_ds.count(),
+                "validation_blocks": val_ds.count(),
+            },
+            "run": {"name": cfg.checkpoint.run_name, "dir": run_dir},
+        },
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.checkpoint.run_name,
+            storage_path=root,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+        ),
+        datasets={"train": train_ds, "validation": val_ds},
+        dataset_config=EqualSplit(
+            {"train": train_ds, "validation": val_ds}, cfg.scaling.num_workers
+        ),
+    )
+    result = trainer.fit()
+    return PretrainResult(
+        run_dir=run_dir,
+        model_dir=loop_config["export_uri"],
+        checkpoint=result.checkpoint.path if result.checkpoint else None,
+        metrics=dict(result.metrics or {}),
+    )
