@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -268,6 +268,11 @@ class PretrainConfig(_Config):
                 f"train.micro_batch_size x scaling.num_workers ({per_step}); try {lower} or "
                 f"{lower + per_step}"
             )
+        if self.train.precision == "bf16" and self.deepspeed.zero_stage == 0:
+            raise ValueError(
+                "train.precision bf16 needs deepspeed.zero_stage 1, 2 or 3 (they keep fp32 master "
+                "weights); raise zero_stage or use precision fp32"
+            )
         if self.train.precision == "bf16" and self.deepspeed.offload_optimizer:
             # DeepSpeed's CPU Adam keeps fp32 masters; bf16 + offload is fine on GPUs only.
             if not self.scaling.use_gpu:
@@ -329,11 +334,3 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise RecipeError(f"override {dotted}: {key} is not a section")
     node[leaf] = value
-
-
-def tokens_per_step(cfg: PretrainConfig) -> int:
-    return cfg.train.global_batch_size * cfg.data.seq_len
-
-
-def estimated_epochs(cfg: PretrainConfig, train_blocks: int) -> float:
-    return math.inf if not train_blocks else cfg.train.max_steps * cfg.train.global_batch_size / train_blocks

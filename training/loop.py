@@ -114,7 +114,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if state.step % cfg.checkpoint.every_steps == 0 or state.step == cfg.train.max_steps:
             report = {**last_metrics, "step": state.step, "epoch": state.epoch,
                       "tokens_seen": state.tokens_seen,
-                      "initial_validation_loss": state.initial_validation_loss}
+                      "initial_validation_loss": state.initial_validation_loss,
+                      "resumed_from_step": state.resumed_from_step or 0}
             seconds = save_checkpoint(engine, state, report)
             if metrics:
                 metrics.record_checkpoint(seconds)

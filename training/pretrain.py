@@ -25,6 +25,8 @@ class PretrainResult:
     """The latest checkpoint."""
     metrics: dict[str, Any]
     """Rank 0's metrics at the latest checkpoint."""
+    history: list[dict[str, Any]]
+    """Rank 0's metrics at every kept checkpoint, by step."""
 
 
 def preflight(cfg: PretrainConfig) -> None:
@@ -154,4 +156,7 @@ def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> Pretrain
         model_dir=loop_config["export_uri"],
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         metrics=dict(result.metrics or {}),
+        history=sorted(
+            (dict(m) for _, m in result.best_checkpoints or []), key=lambda m: m.get("step", 0)
+        ),
     )

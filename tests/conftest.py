@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny recipes built in-process, and the tier rules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def tiny_recipe(tmp_path: Path, **sections: Any) -> dict[str, Any]:
+    """A 2-layer model on a small text file: the smallest recipe that exercises everything."""
+    recipe: dict[str, Any] = {
+        "objective": "causal_lm",
+        "model": {"arch": "gpt2", "size": "tiny"},
+        "tokenizer": {"kind": "bpe", "vocab_size": 384},
+        "data": {"sources": [{"kind": "text", "path": str(tiny_corpus(tmp_path))}], "seq_len": 32,
+                 "validation_fraction": 0.1},
+        "optimizer": {"lr": 3e-3, "warmup_steps": 2},
+        "deepspeed": {"zero_stage": 2},
+        "train": {"micro_batch_size": 4, "global_batch_size": 16, "max_steps": 12,
+                  "log_every": 4, "eval_every": 6, "eval_batches": 4},
+        "checkpoint": {"storage_path": str(tmp_path / "runs"), "run_name": "tiny",
+                       "every_steps": 6},
+    }
+    for key, value in sections.items():
+        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe
+
+
+def tiny_corpus(tmp_path: Path) -> Path:
+    """About 60 KB of repetitive but learnable English, one sentence per line."""
+    path = tmp_path / "corpus.txt"
+    if not path.exists():
+        subjects = ["the whale", "the captain", "a sailor", "the ship", "the sea", "an old man"]
+        verbs = ["watched", "followed", "feared", "sought", "remembered", "crossed"]
+        objects = ["the harbour", "the storm", "the white whale", "the long voyage", "the crew"]
+        lines = [
+            f"{s} {v} {o} at dawn, and {s2} {v2} {o2} by night."
+            for i, (s, v, o) in enumerate(
+                (s, v, o) for s in subjects for v in verbs for o in objects
+            )
+            for s2, v2, o2 in [(subjects[i % 5], verbs[(i * 7) % 6], objects[(i * 3) % 5])]
+        ]
+        path.write_text("\n".join(lines * 4) + "\n")
+    return path
+
+
+@pytest.fixture
+def recipe_factory(tmp_path: Path):
+    def make(**sections: Any) -> dict[str, Any]:
+        return tiny_recipe(tmp_path, **sections)
+
+    return make
