@@ -219,7 +219,7 @@ def submit(
             recipe = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
             (Path(upload) / "recipe.yaml").write_text(recipe)
             runtime_env = {"working_dir": upload}
-            command = "fmstack pretrain --config recipe.yaml --address auto"
+            command = "fmstack pretrain --config recipe.yaml"
             for path in _cluster_relative_paths(cfg):
                 _say(
                     f"[yellow]note:[/yellow] {escape(path)} is relative: the job resolves it "

@@ -193,7 +193,9 @@ def build_datasets(
 
     # Same recipe, same blocks in the same order: runs with different ZeRO stages stay
     # comparable and a resumed run finds its data position again.
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False  # fmstack prints its own progress line
     blocks = documents.map_batches(
         _pack_batch,
         batch_size=256,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -112,7 +113,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if metrics:
                 metrics.record_validation(val_loss, _ppl(val_loss))
         if state.step % cfg.checkpoint.every_steps == 0 or state.step == cfg.train.max_steps:
-            report = {**last_metrics, "step": state.step, "epoch": state.epoch,
+            report = {**last_metrics, "peak_memory_bytes": _peak_memory_across_ranks(cfg),
+                      "step": state.step, "epoch": state.epoch,
                       "tokens_seen": state.tokens_seen,
                       "initial_validation_loss": state.initial_validation_loss,
                       "resumed_from_step": state.resumed_from_step or 0}
@@ -253,7 +255,7 @@ def export(
     with tempfile.TemporaryDirectory(prefix="fmstack-export-") as tmp:
         write_export(Path(tmp), hf_config, weights, tokenizer, manifest)
         publish_directory(Path(tmp), loop_config["export_uri"], manifest_last=MANIFEST)
-    print(f"exported model to {loop_config['export_uri']}", flush=True)
+    sys.stdout.write(f"exported model to {loop_config['export_uri']}\n")
 
 
 # ---------------------------------------------------------------- helpers
@@ -267,6 +269,21 @@ def _mean_across_ranks(total: float, count: int) -> float:
     return float(t[0] / max(t[1], 1))
 
 
+def _peak_memory_across_ranks(cfg: PretrainConfig) -> int:
+    """The largest per-worker peak: accelerator memory on GPUs, resident set size on CPUs."""
+    import resource
+
+    import torch.distributed as dist
+
+    if cfg.scaling.use_gpu:
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    t = torch.tensor([peak], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def _ppl(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
@@ -278,7 +295,9 @@ def _duration(seconds: float) -> str:
 
 def _printer(rank: int) -> Callable[[str], None]:
     def log(message: str) -> None:
+        # Write directly: Ray Train's patched print would log each line twice.
         if rank == 0:
-            print(message, flush=True)
+            sys.stdout.write(message + "\n")
+            sys.stdout.flush()
 
     return log

@@ -46,12 +46,12 @@ def storage_root(cfg: PretrainConfig) -> str:
 
 
 def ensure_ray(address: str | None, cfg: PretrainConfig) -> None:
-    """Connect to `address`, or start an embedded local Ray sized for the job."""
+    """Connect to `address` (or `$RAY_ADDRESS`, set for Ray Jobs), else start a local Ray."""
     import ray
 
     if ray.is_initialized():
         return
-    if address:
+    if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
         return
     needed = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999)

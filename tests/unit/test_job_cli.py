@@ -153,7 +153,7 @@ def test_submit_uploads_only_the_validated_recipe_with_overrides(
     )
     assert result.exit_code == 0, result.output
     sent = FakeClient.submitted
-    assert sent["entrypoint"] == "fmstack pretrain --config recipe.yaml --address auto"
+    assert sent["entrypoint"] == "fmstack pretrain --config recipe.yaml"
     assert sent["files"] == ["recipe.yaml"]
     assert sent["cfg"] == load_recipe(recipe_path, {"train.max_steps": 3})
     assert sent["headers"] == {"Authorization": "Bearer secret"}
