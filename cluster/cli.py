@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(jobs.app, name="job")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path, typer.Option("--config", "-c", help="YAML recipe, e.g. configs/pretrain/gpt2-demo.yaml")
@@ -45,12 +45,12 @@ def pretrain(config: ConfigOption, address: AddressOption = None, set: SetOption
     try:
         cfg = load_recipe(config, parse_overrides(set))
     except RecipeError as err:
-        err_console.print(f"[red]{err}[/red]")
+        err_console.print(str(err), style="red", markup=False)
         raise typer.Exit(2) from None
     try:
         result = run_pretraining(cfg, address=address)
     except (DataSourceError, FileNotFoundError) as err:
-        err_console.print(f"[red]{err}[/red]")
+        err_console.print(str(err), style="red", markup=False)
         raise typer.Exit(2) from None
     m = result.metrics
     console.print(

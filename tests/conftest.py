@@ -17,14 +17,26 @@ def tiny_recipe(tmp_path: Path, **sections: Any) -> dict[str, Any]:
         "objective": "causal_lm",
         "model": {"arch": "gpt2", "size": "tiny"},
         "tokenizer": {"kind": "bpe", "vocab_size": 384},
-        "data": {"sources": [{"kind": "text", "path": str(tiny_corpus(tmp_path))}], "seq_len": 32,
-                 "validation_fraction": 0.1},
+        "data": {
+            "sources": [{"kind": "text", "path": str(tiny_corpus(tmp_path))}],
+            "seq_len": 32,
+            "validation_fraction": 0.1,
+        },
         "optimizer": {"lr": 3e-3, "warmup_steps": 2},
         "deepspeed": {"zero_stage": 2},
-        "train": {"micro_batch_size": 4, "global_batch_size": 16, "max_steps": 12,
-                  "log_every": 4, "eval_every": 6, "eval_batches": 4},
-        "checkpoint": {"storage_path": str(tmp_path / "runs"), "run_name": "tiny",
-                       "every_steps": 6},
+        "train": {
+            "micro_batch_size": 4,
+            "global_batch_size": 16,
+            "max_steps": 12,
+            "log_every": 4,
+            "eval_every": 6,
+            "eval_batches": 4,
+        },
+        "checkpoint": {
+            "storage_path": str(tmp_path / "runs"),
+            "run_name": "tiny",
+            "every_steps": 6,
+        },
     }
     for key, value in sections.items():
         recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
@@ -47,6 +59,12 @@ def tiny_corpus(tmp_path: Path) -> Path:
         ]
         path.write_text("\n".join(lines * 4) + "\n")
     return path
+
+
+@pytest.fixture
+def tiny_text(tmp_path: Path) -> Path:
+    """The tiny corpus as a text file, one sentence per line."""
+    return tiny_corpus(tmp_path)
 
 
 @pytest.fixture

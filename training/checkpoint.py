@@ -115,7 +115,9 @@ def write_export(
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or set(missing) - tied - _tied_names(model):
-        raise RuntimeError(f"export does not match the model: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"export does not match the model: missing {missing}, unexpected {unexpected}"
+        )
     model.tie_weights()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)

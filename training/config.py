@@ -6,7 +6,6 @@ change. `load_recipe` turns pydantic's errors into a `RecipeError` that a user c
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -191,8 +190,9 @@ class TrainConfig(_Config):
     """Sequences per optimizer step across all workers; gradient accumulation is derived."""
     max_steps: int = Field(ge=1)
     """Optimizer steps to train for."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """Parameter and activation precision; bf16 keeps fp32 master weights."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 (with fp32 master weights) or fp32; auto picks bf16 where the device has fast bf16
+    math (GPUs, CPUs with AMX or AVX512-BF16) and ZeRO stage >= 1, else fp32."""
     seed: int = 0
     """Seed for initialisation, masking and data order."""
     log_every: int = Field(default=10, ge=1)
@@ -243,6 +243,12 @@ class PretrainConfig(_Config):
     checkpoint: CheckpointConfig
     """Checkpoints, export location and fault tolerance."""
 
+    def resolved_precision(self, fast_bf16: bool) -> Literal["fp32", "bf16"]:
+        """The precision a worker uses, given whether its device has fast bf16 math."""
+        if self.train.precision != "auto":
+            return self.train.precision
+        return "bf16" if fast_bf16 and self.deepspeed.zero_stage >= 1 else "fp32"
+
     @property
     def grad_accum_steps(self) -> int:
         return self.train.global_batch_size // (
@@ -273,13 +279,6 @@ class PretrainConfig(_Config):
                 "train.precision bf16 needs deepspeed.zero_stage 1, 2 or 3 (they keep fp32 master "
                 "weights); raise zero_stage or use precision fp32"
             )
-        if self.train.precision == "bf16" and self.deepspeed.offload_optimizer:
-            # DeepSpeed's CPU Adam keeps fp32 masters; bf16 + offload is fine on GPUs only.
-            if not self.scaling.use_gpu:
-                raise ValueError(
-                    "deepspeed.offload_optimizer with train.precision bf16 needs GPUs; "
-                    "use precision fp32 on CPU workers"
-                )
         return self
 
 

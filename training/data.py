@@ -100,8 +100,8 @@ def read_source(src: SourceConfig, limit: int | None) -> ray.data.Dataset:
     import ray.data
 
     if src.path is None:
-        ds = ray.data.from_items([{TEXT: t} for t in packaged_documents(src.kind, limit)])
-        return ds
+        return ray.data.from_items([{TEXT: t} for t in packaged_documents(src.kind, limit)])
+    ds: ray.data.Dataset
     if src.kind == "text":
         ds = ray.data.read_text(src.path)
     elif src.kind == "jsonl":
@@ -116,6 +116,17 @@ def read_source(src: SourceConfig, limit: int | None) -> ray.data.Dataset:
             )
         ds = ds.select_columns([src.text_column]).rename_columns({src.text_column: TEXT})
     return ds.limit(limit) if limit else ds
+
+
+def configure_ray_data() -> None:
+    """Ray Data settings for fmstack's pipelines, in the driver and in every worker."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    # Same recipe, same blocks in the same order: runs with different ZeRO stages stay
+    # comparable and a resumed run finds its data position again.
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False  # fmstack prints its own progress line
 
 
 def read_documents(cfg: DataConfig) -> ray.data.Dataset:
@@ -153,9 +164,7 @@ def pack_ids(
     not fill a block is dropped.
     """
     body = seq_len - 2 if frame else seq_len
-    flat = np.fromiter(
-        (t for ids in token_lists for t in (*ids, sep)), dtype=np.int32, count=-1
-    )
+    flat = np.fromiter((t for ids in token_lists for t in (*ids, sep)), dtype=np.int32, count=-1)
     n = len(flat) // body
     blocks = flat[: n * body].reshape(n, body)
     if frame:
@@ -189,15 +198,8 @@ def build_datasets(
     cfg: PretrainConfig, documents: ray.data.Dataset, tokenizer_dir: str
 ) -> tuple[ray.data.Dataset, ray.data.Dataset]:
     """Packed, split and shuffled train and validation datasets, materialized once."""
-    import ray.data
-
-    # Same recipe, same blocks in the same order: runs with different ZeRO stages stay
-    # comparable and a resumed run finds its data position again.
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True
-    context.enable_progress_bars = False  # fmstack prints its own progress line
     blocks = documents.map_batches(
-        _pack_batch,
+        _pack_batch,  # type: ignore[arg-type]  # extra arguments arrive through fn_kwargs
         batch_size=256,
         batch_format="numpy",
         fn_kwargs={

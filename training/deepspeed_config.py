@@ -7,8 +7,11 @@ from typing import Any
 from training.config import PretrainConfig
 
 
-def deepspeed_config(cfg: PretrainConfig) -> dict[str, Any]:
-    """DeepSpeed's JSON config for a recipe (the optimizer and LR schedule are passed as objects)."""
+def deepspeed_config(cfg: PretrainConfig, precision: str) -> dict[str, Any]:
+    """DeepSpeed's JSON config for a recipe at a resolved precision (`fp32` or `bf16`).
+
+    The optimizer and LR schedule are passed to `deepspeed.initialize` as objects.
+    """
     ds = cfg.deepspeed
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage >= 1:
@@ -23,7 +26,7 @@ def deepspeed_config(cfg: PretrainConfig) -> dict[str, Any]:
         "gradient_accumulation_steps": cfg.grad_accum_steps,
         "gradient_clipping": cfg.optimizer.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": cfg.train.precision == "bf16"},
+        "bf16": {"enabled": precision == "bf16"},
         # torch's AdamW is tested with ZeRO here; DeepSpeed's CPU Adam is used with offload.
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,

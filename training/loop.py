@@ -26,7 +26,9 @@ from training.checkpoint import (
     write_export,
 )
 from training.config import PretrainConfig
+from training.data import configure_ray_data
 from training.deepspeed_config import deepspeed_config
+from training.hardware import fast_bf16
 from training.metrics import StepWindow, TrainingMetrics
 from training.models import build_model, count_parameters, flops_per_token, model_config
 from training.objectives import IGNORE_INDEX, causal_lm_inputs, masked_lm_inputs
@@ -54,7 +56,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = build_model(hf_config)
     n_params = count_parameters(model)
     flops_tok = flops_per_token(hf_config, n_params, cfg.data.seq_len)
-    engine = build_engine(model, cfg)
+    precision = cfg.resolved_precision(fast_bf16(cfg.scaling.use_gpu))
+    engine = build_engine(model, cfg, precision)
     state = restore_checkpoint(engine)
     make_inputs = build_objective(cfg, tokenizer, rank)
     train_shard = ray.train.get_dataset_shard("train")
@@ -62,9 +65,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     metrics = TrainingMetrics(cfg.checkpoint.run_name, cfg.objective) if rank == 0 else None
     log = _printer(rank)
 
-    log(f"{cfg.model.arch} {n_params / 1e6:.1f}M params, ZeRO-{cfg.deepspeed.zero_stage}, "
-        f"{cfg.train.precision}, {dist.get_world_size()} workers, grad accum "
-        f"{cfg.grad_accum_steps}" + (f", resuming at step {state.step}" if state.step else ""))
+    log(
+        f"{cfg.model.arch} {n_params / 1e6:.1f}M params, ZeRO-{cfg.deepspeed.zero_stage}, "
+        f"{precision}, {dist.get_world_size()} workers, grad accum "
+        f"{cfg.grad_accum_steps}" + (f", resuming at step {state.step}" if state.step else "")
+    )
     if state.initial_validation_loss is None:
         state.initial_validation_loss = evaluate(engine, val_shard, make_inputs, cfg)
         log(f"step 0 | validation loss {state.initial_validation_loss:.4f}")
@@ -88,19 +93,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state.step = engine.global_steps
         window.add(1, 0)
 
-        if cfg.train.fail_once_at_step == state.step and state.resumed_from_step is None and rank == 0:
-            raise InjectedFailure(f"injected failure at step {state.step} (train.fail_once_at_step)")
+        if (
+            cfg.train.fail_once_at_step == state.step
+            and state.resumed_from_step is None
+            and rank == 0
+        ):
+            raise InjectedFailure(
+                f"injected failure at step {state.step} (train.fail_once_at_step)"
+            )
         if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
             train_loss = _mean_across_ranks(loss_sum, loss_count)
             rates = window.rates(flops_tok)
             lr = engine.get_lr()[0]
             last_metrics |= {"train_loss": train_loss, **rates, "learning_rate": lr}
-            eta = (time.monotonic() - started) / (state.step - start_step) * (
-                cfg.train.max_steps - state.step
+            eta = (
+                (time.monotonic() - started)
+                / (state.step - start_step)
+                * (cfg.train.max_steps - state.step)
             )
-            log(f"step {state.step}/{cfg.train.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
+            log(
+                f"step {state.step}/{cfg.train.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
                 f"{rates['tokens_per_second']:,.0f} tok/s | "
-                f"{rates['flops_per_second'] / 1e9:.1f} GFLOP/s | eta {_duration(eta)}")
+                f"{rates['flops_per_second'] / 1e9:.1f} GFLOP/s | eta {_duration(eta)}"
+            )
             if metrics:
                 metrics.record_window(state.step, train_loss, lr, rates)
                 metrics.record_tokens(window.tokens)
@@ -108,16 +123,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if state.step % cfg.train.eval_every == 0 or state.step == cfg.train.max_steps:
             val_loss = evaluate(engine, val_shard, make_inputs, cfg)
             last_metrics |= {"validation_loss": val_loss, "validation_perplexity": _ppl(val_loss)}
-            log(f"step {state.step} | validation loss {val_loss:.4f} | "
-                f"perplexity {_ppl(val_loss):.1f}")
+            log(
+                f"step {state.step} | validation loss {val_loss:.4f} | "
+                f"perplexity {_ppl(val_loss):.1f}"
+            )
             if metrics:
                 metrics.record_validation(val_loss, _ppl(val_loss))
         if state.step % cfg.checkpoint.every_steps == 0 or state.step == cfg.train.max_steps:
-            report = {**last_metrics, "peak_memory_bytes": _peak_memory_across_ranks(cfg),
-                      "step": state.step, "epoch": state.epoch,
-                      "tokens_seen": state.tokens_seen,
-                      "initial_validation_loss": state.initial_validation_loss,
-                      "resumed_from_step": state.resumed_from_step or 0}
+            report = {
+                **last_metrics,
+                "peak_memory_bytes": _peak_memory_across_ranks(cfg),
+                "step": state.step,
+                "epoch": state.epoch,
+                "tokens_seen": state.tokens_seen,
+                "initial_validation_loss": state.initial_validation_loss,
+                "resumed_from_step": state.resumed_from_step or 0,
+            }
             seconds = save_checkpoint(engine, state, report)
             if metrics:
                 metrics.record_checkpoint(seconds)
@@ -133,9 +154,10 @@ def _configure_process(cfg: PretrainConfig) -> None:
     # DeepSpeed picks its accelerator on first use; CPU workers must not probe for CUDA.
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
     torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker)))
+    configure_ray_data()
 
 
-def build_engine(model: torch.nn.Module, cfg: PretrainConfig) -> Any:
+def build_engine(model: torch.nn.Module, cfg: PretrainConfig, precision: str) -> Any:
     """A DeepSpeed engine with AdamW (decay on matrices only) and the recipe's LR schedule."""
     import deepspeed
 
@@ -159,13 +181,19 @@ def build_engine(model: torch.nn.Module, cfg: PretrainConfig) -> Any:
         )
 
     engine, *_ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(cfg)
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=deepspeed_config(cfg, precision),
     )
     return engine
 
 
 def build_objective(cfg: PretrainConfig, tokenizer: Any, rank: int) -> MakeInputs:
-    """Inputs and labels for a batch; masking is seeded by (seed, rank, position) so resumes repeat it."""
+    """Inputs and labels for a batch.
+
+    Masking is seeded by (seed, rank, position), so a resumed run masks exactly as before.
+    """
     if cfg.objective == "causal_lm":
         return lambda ids, _key: causal_lm_inputs(ids)
     special = [t for t in tokenizer.all_special_ids if t is not None]
@@ -220,7 +248,9 @@ def evaluate(engine: Any, shard: Any, make_inputs: MakeInputs, cfg: PretrainConf
             labels = inputs["labels"]
             targets = labels[:, 1:] if cfg.objective == "causal_lm" else labels
             n = int((targets != IGNORE_INDEX).sum())
-            totals += torch.tensor([engine(**inputs).loss.float().item() * n, n], dtype=torch.float64)
+            totals += torch.tensor(
+                [engine(**inputs).loss.float().item() * n, n], dtype=torch.float64
+            )
     dist.all_reduce(totals)
     engine.train()
     return float(totals[0] / totals[1])
@@ -246,8 +276,12 @@ def export(
         "task": cfg.objective,
         "architecture": hf_config.model_type,
         "parameters": n_params,
-        "metrics": {**metrics, "initial_validation_loss": state.initial_validation_loss,
-                    "steps": state.step, "tokens_seen": state.tokens_seen},
+        "metrics": {
+            **metrics,
+            "initial_validation_loss": state.initial_validation_loss,
+            "steps": state.step,
+            "tokens_seen": state.tokens_seen,
+        },
         "lineage": loop_config["lineage"],
         "recipe": loop_config["recipe"],
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -266,7 +300,7 @@ def _mean_across_ranks(total: float, count: int) -> float:
 
     t = torch.tensor([total, count], dtype=torch.float64)
     dist.all_reduce(t)
-    return float(t[0] / max(t[1], 1))
+    return float(t[0] / t[1].clamp(min=1))
 
 
 def _peak_memory_across_ranks(cfg: PretrainConfig) -> int:

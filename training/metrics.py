@@ -49,7 +49,9 @@ class TrainingMetrics:
         self.loss = gauge("loss", "Training loss over the last logging window.")
         self.validation_loss = gauge("validation_loss", "Mean validation loss.")
         self.validation_perplexity = gauge("validation_perplexity", "exp(validation loss).")
-        self.tokens_per_second = gauge("tokens_per_second", "Training tokens per second, all workers.")
+        self.tokens_per_second = gauge(
+            "tokens_per_second", "Training tokens per second, all workers."
+        )
         self.flops_per_second = gauge("flops_per_second", "Achieved training FLOP/s, all workers.")
         self.step_seconds = gauge("step_seconds", "Wall time per optimizer step.")
         self.learning_rate = gauge("learning_rate", "Current learning rate.")

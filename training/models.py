@@ -17,7 +17,9 @@ from transformers import (
 from training.config import ModelConfig
 
 
-def model_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seq_len: int) -> PretrainedConfig:
+def model_config(
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seq_len: int
+) -> PretrainedConfig:
     """The Hugging Face config for a recipe's model, sized to the tokenizer and block length."""
     hidden, layers, heads, inter = cfg.dims
     vocab = len(tokenizer)

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from training.config import PretrainConfig
-from training.data import build_datasets, check_sources, read_documents, sample_texts
+from training.data import (
+    build_datasets,
+    check_sources,
+    configure_ray_data,
+    read_documents,
+    sample_texts,
+)
 from training.storage import exists, is_uri, join, local_copy, publish_directory
 from training.tokenizer import build_tokenizer
 
@@ -104,6 +110,7 @@ def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> Pretrain
     from training.loop import train_loop_per_worker
     from training.sharding import EqualSplit
 
+    configure_ray_data()
     root = storage_root(cfg)
     run_dir = join(root, cfg.checkpoint.run_name)
     documents = read_documents(cfg.data)
@@ -114,10 +121,11 @@ def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> Pretrain
         f"{cfg.data.seq_len} tokens",
         flush=True,
     )
-    loop_config = {
+    export_uri = join(run_dir, "model")
+    loop_config: dict[str, Any] = {
         "recipe": cfg.model_dump(mode="json"),
         "tokenizer_uri": tokenizer_uri,
-        "export_uri": join(run_dir, "model"),
+        "export_uri": export_uri,
         "lineage": {
             "base_model": None,
             "teacher": None,
@@ -153,7 +161,7 @@ def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> Pretrain
     result = trainer.fit()
     return PretrainResult(
         run_dir=run_dir,
-        model_dir=loop_config["export_uri"],
+        model_dir=export_uri,
         checkpoint=result.checkpoint.path if result.checkpoint else None,
         metrics=dict(result.metrics or {}),
         history=sorted(

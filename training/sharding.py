@@ -29,6 +29,10 @@ class EqualSplit(DataConfig):
         **kwargs: Any,
     ) -> list[dict[str, Any]]:
         if world_size != self._world_size:
-            raise ValueError(f"datasets were split for {self._world_size} workers, not {world_size}")
-        return [{name: parts[rank].iterator() for name, parts in self._parts.items()}
-                for rank in range(world_size)]
+            raise ValueError(
+                f"datasets were split for {self._world_size} workers, not {world_size}"
+            )
+        return [
+            {name: parts[rank].iterator() for name, parts in self._parts.items()}
+            for rank in range(world_size)
+        ]

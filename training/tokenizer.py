@@ -9,7 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from training.config import TokenizerConfig
@@ -39,7 +47,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, **BPE_SPECIAL)
 
 
-def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool) -> PreTrainedTokenizerFast:
+def train_wordpiece(
+    texts: Iterable[str], vocab_size: int, lowercase: bool
+) -> PreTrainedTokenizerFast:
     """WordPiece (BERT style) with [CLS] ... [SEP] around each sequence."""
     tok = Tokenizer(models.WordPiece(unk_token=WORDPIECE_SPECIAL["unk_token"]))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)

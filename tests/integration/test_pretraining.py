@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
@@ -51,8 +55,11 @@ def test_causal_pretraining_learns_resumes_by_run_name_and_exports(ray_cluster, 
     assert generated.shape[1] == batch["input_ids"].shape[1] + 5
 
 
-def test_masked_pretraining_learns_and_exports(ray_cluster, recipe_factory):
+def test_masked_pretraining_learns_and_exports(ray_cluster, recipe_factory, tiny_text, tmp_path):
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text("".join(json.dumps({"body": line}) + "\n" for line in tiny_text.open()))
     recipe = recipe_factory(
+        data={"sources": [{"kind": "jsonl", "path": str(jsonl), "text_column": "body"}]},
         objective="masked_lm",
         model={"arch": "bert", "size": "tiny"},
         tokenizer={"kind": "wordpiece", "vocab_size": 384},
@@ -77,10 +84,14 @@ def test_masked_pretraining_learns_and_exports(ray_cluster, recipe_factory):
 ZERO_LOSS_TOLERANCE = 1e-4
 
 
-def test_zero_stages_give_matching_losses(ray_cluster, recipe_factory):
+def test_zero_stages_give_matching_losses(ray_cluster, recipe_factory, tiny_text, tmp_path):
+    parquet = tmp_path / "corpus.parquet"
+    lines = tiny_text.read_text().splitlines()
+    pq.write_table(pa.table({"text": lines}), parquet)
     losses = {}
     for stage in (0, 2, 3):
         recipe = recipe_factory(
+            data={"sources": [{"kind": "parquet", "path": str(parquet)}]},
             deepspeed={"zero_stage": stage},
             train={"max_steps": 4, "log_every": 1, "eval_every": 100},
             checkpoint={"run_name": f"zero{stage}", "every_steps": 1, "num_to_keep": 10},
@@ -97,6 +108,7 @@ def test_zero_stages_give_matching_losses(ray_cluster, recipe_factory):
 
 def test_worker_failure_resumes_from_latest_checkpoint(ray_cluster, recipe_factory):
     recipe = recipe_factory(
+        model={"arch": "llama", "size": "tiny"},
         train={"max_steps": 10, "fail_once_at_step": 7},
         checkpoint={"run_name": "crash", "every_steps": 3, "max_failures": 1},
     )

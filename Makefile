@@ -1,0 +1,43 @@
+# fmstack: `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+DEMO_RECIPE ?= configs/pretrain/gpt2-demo.yaml
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-unit test-integration lint format bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+setup: ## Create the venv, install torch then fmstack, fetch data and weights (idempotent)
+	@scripts/setup.sh
+
+demo: setup ## The main job: pretrain the demo model on an embedded local Ray
+	$(VENV)/bin/fmstack pretrain --config $(DEMO_RECIPE)
+
+test: setup ## Set up, then run every test tier (unit, integration, e2e)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-unit: setup ## Unit tests only (no Ray, seconds)
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test-integration: setup ## Integration tests (one local Ray cluster, real DeepSpeed)
+	$(PY) -m pytest -q -m integration $(PYTEST_ARGS)
+
+lint: ## ruff (lint and format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: ## Apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup ## Benchmarks side by side with plain baselines (quick size)
+	$(PY) -m benchmarks.pretrain --size quick
+
+clean: ## Remove local runs and caches (keeps the venv and the data cache)
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""Benchmarks: side-by-side measurements on one machine, reported as medians and ratios."""

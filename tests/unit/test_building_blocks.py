@@ -1,0 +1,129 @@
+"""The arithmetic of packing, splitting, masking, schedules and DeepSpeed configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training import parse_recipe
+from training.config import ModelConfig, OptimizerConfig
+from training.data import is_validation, pack_ids
+from training.deepspeed_config import deepspeed_config
+from training.models import build_model, count_parameters, model_config
+from training.objectives import IGNORE_INDEX, masked_lm_inputs
+from training.schedule import lr_multiplier
+from training.tokenizer import separator_id, train_bpe, train_wordpiece
+
+TEXTS = ["Call me Ishmael. Some years ago, never mind how long precisely."] * 20
+
+
+def test_packing_separates_documents_and_drops_the_tail():
+    blocks = pack_ids([[1, 2, 3], [4, 5], [6, 7, 8, 9]], seq_len=4, sep=0, frame=None)
+    # 1 2 3 0 | 4 5 0 6 | (7 8 9 0 is a full block too)
+    assert blocks.tolist() == [[1, 2, 3, 0], [4, 5, 0, 6], [7, 8, 9, 0]]
+
+
+def test_bert_packing_frames_every_block():
+    blocks = pack_ids([[1, 2, 3, 4, 5]], seq_len=4, sep=9, frame=(7, 8))
+    assert blocks.tolist() == [[7, 1, 2, 8], [7, 3, 4, 8], [7, 5, 9, 8]]
+
+
+def test_validation_split_is_stable_and_roughly_proportional():
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 1000, size=(4000, 16), dtype=np.int32)
+    first = [is_validation(b, 0.1) for b in blocks]
+    assert first == [is_validation(b.copy(), 0.1) for b in blocks]
+    assert 0.07 < sum(first) / len(first) < 0.13
+
+
+def test_masking_never_touches_special_tokens_and_is_seeded():
+    ids = torch.randint(5, 100, (8, 64))
+    ids[:, 0], ids[:, -1] = 1, 2  # [CLS] ... [SEP]
+
+    def run(seed: int) -> dict[str, torch.Tensor]:
+        return masked_lm_inputs(
+            ids,
+            mask_id=3,
+            vocab_size=100,
+            special_ids=[1, 2],
+            probability=0.15,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    out = run(0)
+    chosen = out["labels"] != IGNORE_INDEX
+    assert not chosen[:, 0].any() and not chosen[:, -1].any()
+    assert 0.08 < chosen.float().mean() < 0.22
+    assert torch.equal(out["labels"][chosen], ids[chosen])
+    assert torch.equal(out["input_ids"][~chosen], ids[~chosen])
+    assert (out["input_ids"][chosen] == 3).float().mean() > 0.6
+    assert torch.equal(run(0)["input_ids"], out["input_ids"])
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    cfg = OptimizerConfig(lr=1.0, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    values = [lr_multiplier(s, cfg, max_steps=100) for s in range(101)]
+    assert values[0] == pytest.approx(0.1)
+    assert values[9] == pytest.approx(1.0)
+    assert values[100] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))
+
+
+def test_deepspeed_config_is_derived(recipe_factory):
+    cfg = parse_recipe(
+        recipe_factory(
+            deepspeed={"zero_stage": 3, "offload_optimizer": True, "offload_params": True}
+        )
+    )
+    ds = deepspeed_config(cfg, cfg.resolved_precision(fast_bf16=False))
+    assert ds["train_batch_size"] == 16
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2 == 16
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert ds["bf16"] == {"enabled": False}
+
+
+def test_auto_precision_follows_the_hardware_and_zero_stage(recipe_factory):
+    cfg = parse_recipe(recipe_factory())
+    assert cfg.train.precision == "auto"
+    assert cfg.resolved_precision(fast_bf16=True) == "bf16"
+    assert cfg.resolved_precision(fast_bf16=False) == "fp32"
+    stage0 = parse_recipe(recipe_factory(deepspeed={"zero_stage": 0}))
+    assert stage0.resolved_precision(fast_bf16=True) == "fp32"
+
+
+def test_trained_tokenizers_round_trip(tmp_path):
+    bpe = train_bpe(TEXTS, vocab_size=300)
+    ids = bpe("Call me Ishmael.")["input_ids"]
+    assert bpe.decode(ids) == "Call me Ishmael."
+    assert separator_id(bpe) == bpe.eos_token_id
+    wp = train_wordpiece(TEXTS, vocab_size=300, lowercase=True)
+    encoded = wp("Call me Ishmael.")["input_ids"]
+    assert encoded[0] == wp.cls_token_id and encoded[-1] == wp.sep_token_id
+    wp.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    assert (
+        AutoTokenizer.from_pretrained(tmp_path)("Call me")["input_ids"]
+        == wp("Call me")["input_ids"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("arch", "size", "low", "high"),
+    [
+        ("gpt2", "demo", 10e6, 30e6),
+        ("llama", "demo", 10e6, 30e6),
+        ("bert", "demo", 10e6, 30e6),
+        ("gpt2", "base", 100e6, 200e6),
+    ],
+)
+def test_model_presets_have_the_documented_size(arch, size, low, high):
+    tok = train_bpe(TEXTS, vocab_size=300) if arch != "bert" else train_wordpiece(TEXTS, 300, True)
+    vocab = 8192 if size == "demo" else 32768
+    tok.add_tokens([f"tok{i}" for i in range(vocab - len(tok))])
+    with torch.device("meta"):
+        model = build_model(model_config(ModelConfig(arch=arch, size=size), tok, seq_len=128))
+    assert low <= count_parameters(model) <= high

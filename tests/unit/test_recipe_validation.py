@@ -1,0 +1,117 @@
+"""Bad recipes fail before any worker starts, naming the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cluster.cli import app
+from training import RecipeError, load_recipe, parse_recipe, preflight
+from training.data import DataSourceError
+
+
+def _error(recipe: dict) -> str:
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(recipe)
+    return str(info.value)
+
+
+def test_tiny_recipe_is_valid_and_derives_accumulation(recipe_factory):
+    cfg = parse_recipe(recipe_factory())
+    # global 16 = micro 4 x workers 2 x accumulation 2
+    assert cfg.grad_accum_steps == 2
+
+
+def test_unknown_key_is_named(recipe_factory):
+    message = _error(recipe_factory(train={"learning_rate": 0.1}))
+    assert "train.learning_rate" in message
+    assert "remove it" in message
+
+
+def test_zero_stage_4_is_refused(recipe_factory):
+    message = _error(recipe_factory(deepspeed={"zero_stage": 4}))
+    assert "deepspeed.zero_stage" in message
+    assert "0, 1, 2 or 3" in message
+
+
+def test_parameter_offload_needs_stage_3(recipe_factory):
+    message = _error(recipe_factory(deepspeed={"zero_stage": 2, "offload_params": True}))
+    assert "offload_params" in message
+    assert "zero_stage: 3" in message
+
+
+def test_global_batch_must_divide(recipe_factory):
+    message = _error(recipe_factory(train={"global_batch_size": 18}))
+    assert "train.global_batch_size (18)" in message
+    assert "try 16 or 24" in message
+
+
+def test_objective_and_architecture_must_agree(recipe_factory):
+    message = _error(recipe_factory(model={"arch": "bert"}))
+    assert "does not fit objective 'causal_lm'" in message
+
+
+def test_bf16_needs_a_zero_stage_with_master_weights(recipe_factory):
+    message = _error(recipe_factory(train={"precision": "bf16"}, deepspeed={"zero_stage": 0}))
+    assert "zero_stage 1, 2 or 3" in message
+
+
+def test_missing_required_section_is_named(recipe_factory):
+    recipe = recipe_factory()
+    del recipe["checkpoint"]
+    assert "checkpoint: Field required (add it)" in _error(recipe)
+
+
+def test_missing_data_path_fails_preflight(recipe_factory, tmp_path):
+    cfg = parse_recipe(
+        recipe_factory(data={"sources": [{"kind": "jsonl", "path": str(tmp_path / "nope.jsonl")}]})
+    )
+    with pytest.raises(
+        DataSourceError, match=r"data.sources\[0\].path: .*nope.jsonl does not exist"
+    ):
+        preflight(cfg)
+
+
+def test_missing_packaged_corpus_says_how_to_fetch(recipe_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("FMSTACK_CACHE", str(tmp_path / "empty-cache"))
+    cfg = parse_recipe(recipe_factory(data={"sources": [{"kind": "sotu"}]}))
+    with pytest.raises(FileNotFoundError, match="make setup"):
+        preflight(cfg)
+
+
+def test_overrides_apply_dotted_keys(tmp_path, recipe_factory):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe_factory()))
+    cfg = load_recipe(path, {"train.max_steps": 3, "deepspeed.zero_stage": 3})
+    assert cfg.train.max_steps == 3
+    assert cfg.deepspeed.zero_stage == 3
+
+
+def test_cli_refuses_a_bad_recipe_before_ray_starts(tmp_path, recipe_factory):
+    # tests/unit/conftest.py makes ray.init raise, so exit code 2 proves Ray never started.
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe_factory(deepspeed={"zero_stage": 4})))
+    result = CliRunner().invoke(app, ["pretrain", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "deepspeed.zero_stage" in result.output
+
+
+def test_cli_refuses_missing_data_before_ray_starts(tmp_path, recipe_factory):
+    recipe = recipe_factory(data={"sources": [{"kind": "text", "path": str(tmp_path / "x.txt")}]})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(app, ["pretrain", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output
+
+
+CONFIGS = sorted(Path(__file__).resolve().parents[2].glob("configs/pretrain/*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_shipped_recipe_validates(path):
+    cfg = load_recipe(path)
+    assert cfg.grad_accum_steps >= 1

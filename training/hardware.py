@@ -1,0 +1,34 @@
+"""What the hardware a worker runs on does well."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+# CPU flags with native bf16 matrix math; without them torch emulates bf16 and is far slower
+# than fp32 (a 1024x384x1536 matmul ran at 1.3 GFLOP/s in bf16 against 51 in fp32 on an
+# AVX2-only EPYC core).
+_BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool(flags & _BF16_CPU_FLAGS)
+
+
+def fast_bf16(use_gpu: bool) -> bool:
+    """Whether bf16 is the faster choice on this worker's device."""
+    if use_gpu:
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return cpu_has_fast_bf16()
