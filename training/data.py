@@ -106,6 +106,8 @@ def read_source(src: SourceConfig, limit: int | None) -> ray.data.Dataset:
         ds = ray.data.read_text(src.path)
     elif src.kind == "jsonl":
         ds = ray.data.read_json(src.path, lines=True)
+    elif src.kind == "csv":
+        ds = ray.data.read_csv(src.path)
     else:
         ds = ray.data.read_parquet(src.path, columns=[src.text_column])
     if src.kind != "text":
@@ -150,9 +152,10 @@ def sample_texts(ds: ray.data.Dataset, max_chars: int = 20_000_000) -> Iterator[
 
 @functools.lru_cache(maxsize=2)
 def _cached_tokenizer(path: str) -> Any:
-    from training.tokenizer import load_tokenizer
+    # The Rust tokenizer alone: packing tasks start fast without importing transformers.
+    from tokenizers import Tokenizer
 
-    return load_tokenizer(path)
+    return Tokenizer.from_file(str(Path(path, "tokenizer.json")))
 
 
 def pack_ids(
@@ -181,15 +184,16 @@ def is_validation(block: np.ndarray, fraction: float) -> bool:
 
 
 def _pack_batch(
-    batch: dict[str, np.ndarray], tokenizer_dir: str, seq_len: int, masked: bool, fraction: float
+    batch: dict[str, np.ndarray],
+    tokenizer_dir: str,
+    seq_len: int,
+    sep: int,
+    frame: tuple[int, int] | None,
+    fraction: float,
 ) -> dict[str, np.ndarray]:
     tok = _cached_tokenizer(tokenizer_dir)
-    ids = tok([str(t) for t in batch[TEXT]], add_special_tokens=False)["input_ids"]
-    if masked:
-        frame = (tok.cls_token_id, tok.sep_token_id)
-        blocks = pack_ids(ids, seq_len, tok.sep_token_id, frame)
-    else:
-        blocks = pack_ids(ids, seq_len, tok.eos_token_id, None)
+    encodings = tok.encode_batch([str(t) for t in batch[TEXT]], add_special_tokens=False)
+    blocks = pack_ids([e.ids for e in encodings], seq_len, sep, frame)
     val = np.array([is_validation(b, fraction) for b in blocks], dtype=bool)
     return {INPUT_IDS: blocks, "is_validation": val}
 
@@ -198,6 +202,15 @@ def build_datasets(
     cfg: PretrainConfig, documents: ray.data.Dataset, tokenizer_dir: str
 ) -> tuple[ray.data.Dataset, ray.data.Dataset]:
     """Packed, split and shuffled train and validation datasets, materialized once."""
+    from training.tokenizer import load_tokenizer, separator_id
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    if not Path(tokenizer_dir, "tokenizer.json").is_file():
+        raise DataSourceError(
+            f"tokenizer.path: {tokenizer_dir} has no tokenizer.json; fmstack needs a fast "
+            "(Rust) tokenizer. Save one with transformers' AutoTokenizer(use_fast=True)"
+        )
+    masked = cfg.objective == "masked_lm"
     blocks = documents.map_batches(
         _pack_batch,  # type: ignore[arg-type]  # extra arguments arrive through fn_kwargs
         batch_size=256,
@@ -205,7 +218,8 @@ def build_datasets(
         fn_kwargs={
             "tokenizer_dir": tokenizer_dir,
             "seq_len": cfg.data.seq_len,
-            "masked": cfg.objective == "masked_lm",
+            "sep": separator_id(tokenizer),
+            "frame": (tokenizer.cls_token_id, tokenizer.sep_token_id) if masked else None,
             "fraction": cfg.data.validation_fraction,
         },
     ).materialize()

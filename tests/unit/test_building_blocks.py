@@ -127,3 +127,13 @@ def test_model_presets_have_the_documented_size(arch, size, low, high):
     with torch.device("meta"):
         model = build_model(model_config(ModelConfig(arch=arch, size=size), tok, seq_len=128))
     assert low <= count_parameters(model) <= high
+
+
+def test_pretrained_tokenizer_is_reused_from_a_directory(tmp_path):
+    from training.config import TokenizerConfig
+    from training.tokenizer import build_tokenizer
+
+    train_wordpiece(TEXTS, vocab_size=300, lowercase=True).save_pretrained(tmp_path)
+    tok = build_tokenizer(TokenizerConfig(kind="pretrained", path=str(tmp_path)), texts=[])
+    assert tok.mask_token == "[MASK]"
+    assert len(tok) <= 300
