@@ -13,9 +13,24 @@ def deepspeed_config(cfg: PretrainConfig, precision: str) -> dict[str, Any]:
     The optimizer and LR schedule are passed to `deepspeed.initialize` as objects.
     """
     ds = cfg.deepspeed
+    hidden = cfg.model.dims[0]
+    # Communication buckets sized to the model (at least 2e7 elements, so that small models
+    # still reduce in a few calls); DeepSpeed's defaults (5e8 elements, 2 GB in fp32) are made
+    # for large GPU models and would dwarf a small model's own state.
+    bucket = max(hidden * hidden, 20_000_000)
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage >= 1:
-        zero |= {"overlap_comm": cfg.scaling.use_gpu, "contiguous_gradients": True}
+        zero |= {
+            "overlap_comm": cfg.scaling.use_gpu,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": bucket,
+            "allgather_bucket_size": bucket,
+        }
+    if ds.zero_stage == 3:
+        zero |= {
+            "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+            "stage3_param_persistence_threshold": 10 * hidden,
+        }
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}
     if ds.offload_params:

@@ -29,7 +29,7 @@ from training.config import PretrainConfig
 from training.data import configure_ray_data
 from training.deepspeed_config import deepspeed_config
 from training.hardware import fast_bf16
-from training.metrics import StepWindow, TrainingMetrics
+from training.metrics import PeakMemory, StepWindow, TrainingMetrics
 from training.models import build_model, count_parameters, flops_per_token, model_config
 from training.objectives import IGNORE_INDEX, causal_lm_inputs, masked_lm_inputs
 from training.schedule import lr_multiplier
@@ -59,6 +59,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     precision = cfg.resolved_precision(fast_bf16(cfg.scaling.use_gpu))
     engine = build_engine(model, cfg, precision)
     state = restore_checkpoint(engine)
+    memory = PeakMemory(cfg.scaling.use_gpu)  # from here on: training memory, after partitioning
     make_inputs = build_objective(cfg, tokenizer, rank)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
@@ -132,7 +133,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if state.step % cfg.checkpoint.every_steps == 0 or state.step == cfg.train.max_steps:
             report = {
                 **last_metrics,
-                "peak_memory_bytes": _peak_memory_across_ranks(cfg),
+                "peak_memory_bytes": memory.max_across_ranks(),
                 "step": state.step,
                 "epoch": state.epoch,
                 "tokens_seen": state.tokens_seen,
@@ -301,21 +302,6 @@ def _mean_across_ranks(total: float, count: int) -> float:
     t = torch.tensor([total, count], dtype=torch.float64)
     dist.all_reduce(t)
     return float(t[0] / t[1].clamp(min=1))
-
-
-def _peak_memory_across_ranks(cfg: PretrainConfig) -> int:
-    """The largest per-worker peak: accelerator memory on GPUs, resident set size on CPUs."""
-    import resource
-
-    import torch.distributed as dist
-
-    if cfg.scaling.use_gpu:
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    t = torch.tensor([peak], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
 
 
 def _ppl(loss: float) -> float:

@@ -7,7 +7,9 @@ the objective. Only rank 0 exports, since every figure is already global.
 from __future__ import annotations
 
 import dataclasses
+import resource
 import time
+from pathlib import Path
 
 
 @dataclasses.dataclass
@@ -30,6 +32,45 @@ class StepWindow:
             "tokens_per_second": tokens_per_s,
             "flops_per_second": tokens_per_s * flops_per_token,
         }
+
+
+class PeakMemory:
+    """Peak memory of this worker since construction: accelerator memory on GPUs, resident set
+    size on CPUs (Linux's VmHWM, reset at construction so that building the model, before
+    DeepSpeed partitions it, does not count)."""
+
+    def __init__(self, use_gpu: bool) -> None:
+        self._use_gpu = use_gpu
+        if use_gpu:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS
+            self._resettable = True
+        except OSError:
+            self._resettable = False
+
+    def bytes(self) -> int:
+        if self._use_gpu:
+            import torch
+
+            return int(torch.cuda.max_memory_allocated())
+        if self._resettable:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # lifetime, KiB
+
+    def max_across_ranks(self) -> int:
+        """The largest peak over all workers (a collective call)."""
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([self.bytes()], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
 
 
 class TrainingMetrics:
