@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.integration
-
-_REPO = Path(__file__).resolve().parents[2]
-if str(_REPO) not in sys.path:  # `benchmarks` is not installed; `python -m pytest` finds it anyway
-    sys.path.insert(0, str(_REPO))
 
 CEILINGS = {"matmul fp32": "gflop_per_s", "matmul bf16": "gflop_per_s", "memory copy": "gb_per_s"}
 THROUGHPUT = [
