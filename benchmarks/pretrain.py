@@ -694,8 +694,9 @@ def _notes(
         "of ceiling: achieved FLOP/s (`flops_per_token` x tokens/s) over the same round's "
         "matmul ceiling of the same precision (`a @ b.T`, the layout of nn.Linear), both on the "
         "machine's 2 threads.",
-        "peak RSS/worker: `peak_memory_bytes`, the largest worker's lifetime peak resident set "
-        "(ru_maxrss); the model is built in full on each worker before DeepSpeed partitions it.",
+        "peak RSS/worker: `peak_memory_bytes`, the largest worker's peak resident set (VmHWM) "
+        "since its DeepSpeed engine was built; it includes the libraries (~0.6 GB) and memory "
+        "the allocator kept after the full model was built and partitioned.",
         "memory copy GB/s counts bytes read plus bytes written.",
     ]
     flags = meta["machine"]["cpu_flags"]
