@@ -80,10 +80,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     last_metrics: dict[str, float] = {}
     started = time.monotonic()
     start_step = state.step
-    for micro, input_ids in enumerate(micro_batches(train_shard, cfg, state)):
+    for input_ids in micro_batches(train_shard, cfg, state):
         if state.step >= cfg.train.max_steps:
             break
-        loss = engine(**make_inputs(input_ids, ("train", state.step, micro))).loss
+        position = ("train", state.epoch, state.batches_in_epoch)  # survives a resume
+        loss = engine(**make_inputs(input_ids, position)).loss
         engine.backward(loss)
         engine.step()
         loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
