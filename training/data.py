@@ -17,6 +17,7 @@ import numpy as np
 
 from training.assets import CORPORA, require
 from training.config import DataConfig, PretrainConfig, SourceConfig
+from training.storage import is_uri
 
 if TYPE_CHECKING:
     import ray.data
@@ -62,17 +63,13 @@ def packaged_documents(kind: str, limit: int | None = None) -> list[str]:
     return docs[:limit] if limit else docs
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def check_sources(cfg: DataConfig) -> None:
     """Fail fast, before Ray starts, when a source's files are missing."""
     for i, src in enumerate(cfg.sources):
         if src.path is None:
             _packaged_files(src.kind)
             continue
-        if _is_uri(src.path):
+        if is_uri(src.path):
             _check_uri(src.path, f"data.sources[{i}].path")
             continue
         p = Path(src.path)
@@ -81,6 +78,30 @@ def check_sources(cfg: DataConfig) -> None:
                 f"data.sources[{i}].path: {src.path} does not exist; point it at a "
                 f"{src.kind} file, directory or glob"
             )
+
+
+def source_files(src: SourceConfig) -> list[Path]:
+    """The local files a source reads (none for object-storage URIs)."""
+    if src.path is None:
+        return _packaged_files(src.kind)
+    if is_uri(src.path):
+        return []
+    p = Path(src.path)
+    if p.is_dir():
+        return sorted(f for f in p.rglob("*") if f.is_file())
+    return sorted(p.parent.glob(p.name))
+
+
+def dataset_fingerprint(cfg: DataConfig) -> str:
+    """A hash of what was read: source descriptions and, for local files, their bytes."""
+    digest = hashlib.sha256()
+    for src in cfg.sources:
+        digest.update(src.model_dump_json().encode())
+        for f in source_files(src):
+            digest.update(f.name.encode())
+            digest.update(f.read_bytes())
+    digest.update(f"{cfg.seq_len}:{cfg.validation_fraction}".encode())
+    return digest.hexdigest()
 
 
 def _check_uri(uri: str, key: str) -> None:

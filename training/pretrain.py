@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ from training.data import (
     build_datasets,
     check_sources,
     configure_ray_data,
+    dataset_fingerprint,
     read_documents,
     sample_texts,
 )
@@ -76,30 +76,6 @@ def prepare_tokenizer(cfg: PretrainConfig, documents: Any, run_dir: str) -> str:
     return uri
 
 
-def dataset_fingerprint(cfg: PretrainConfig) -> str:
-    """A hash of what was read: source descriptions and, for local files, their bytes."""
-    from training.data import _packaged_files
-
-    digest = hashlib.sha256()
-    for src in cfg.data.sources:
-        digest.update(src.model_dump_json().encode())
-        files = _packaged_files(src.kind) if src.path is None else _local_files(src.path)
-        for f in files:
-            digest.update(f.name.encode())
-            digest.update(f.read_bytes())
-    digest.update(f"{cfg.data.seq_len}:{cfg.data.validation_fraction}".encode())
-    return digest.hexdigest()
-
-
-def _local_files(path: str) -> list[Path]:
-    if is_uri(path):
-        return []
-    p = Path(path)
-    if p.is_dir():
-        return sorted(f for f in p.rglob("*") if f.is_file())
-    return sorted(p.parent.glob(p.name))
-
-
 def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> PretrainResult:
     """Run a pretraining job to completion (or resume it) and export its model."""
     preflight(cfg)
@@ -131,7 +107,7 @@ def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> Pretrain
             "teacher": None,
             "dataset": {
                 "sources": [s.model_dump(mode="json") for s in cfg.data.sources],
-                "sha256": dataset_fingerprint(cfg),
+                "sha256": dataset_fingerprint(cfg.data),
                 "train_blocks": train_ds.count(),
                 "validation_blocks": val_ds.count(),
             },
