@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from cluster import jobs
+from cluster import handover, jobs, models_cli
+
+if TYPE_CHECKING:
+    from training import DistillConfig, FinetuneConfig
 from cluster.recipes import parse_overrides
 
 app = typer.Typer(
@@ -18,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(jobs.app, name="job")
+app.add_typer(models_cli.app, name="models")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -43,15 +47,13 @@ def pretrain(config: ConfigOption, address: AddressOption = None, set: SetOption
     from training.data import DataSourceError
 
     try:
-        cfg = load_recipe(config, parse_overrides(set))
-    except RecipeError as err:
-        err_console.print(str(err), style="red", markup=False)
-        raise typer.Exit(2) from None
+        cfg, _ = handover.resolve_start_model(load_recipe(config, parse_overrides(set)))
+    except (RecipeError, handover.RegistryError, FileNotFoundError) as err:
+        raise _fail(str(err)) from None
     try:
         result = run_pretraining(cfg, address=address)
     except (DataSourceError, FileNotFoundError) as err:
-        err_console.print(str(err), style="red", markup=False)
-        raise typer.Exit(2) from None
+        raise _fail(str(err)) from None
     m = result.metrics
     console.print(
         f"\n[bold green]done[/bold green]: step {m.get('step')}, validation loss "
@@ -61,6 +63,93 @@ def pretrain(config: ConfigOption, address: AddressOption = None, set: SetOption
     )
     console.print(f"model:       {result.model_dir}")
     console.print(f"checkpoint:  {result.checkpoint}")
+    if cfg.registry is not None:
+        handover.register_export(result.model_dir, cfg.registry, console)
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(message, style="red", markup=False)
+    return typer.Exit(2)
+
+
+@app.command()
+def finetune(config: ConfigOption, address: AddressOption = None, set: SetOption = None) -> None:
+    """Fine-tune a pretrained encoder for text classification; report precision/recall/F1."""
+    from training import FinetuneConfig, RecipeError, load_recipe
+
+    try:
+        cfg, origin = handover.resolve_start_model(
+            load_recipe(config, parse_overrides(set), FinetuneConfig)
+        )
+    except (RecipeError, handover.RegistryError, FileNotFoundError) as err:
+        raise _fail(str(err)) from None
+    _run_classifier_job(cfg, address, origin)
+
+
+@app.command()
+def distill(config: ConfigOption, address: AddressOption = None, set: SetOption = None) -> None:
+    """Distill a teacher into a smaller, faster student (a classifier or a causal LM)."""
+    from training import DistillConfig, RecipeError, load_recipe, read_recipe
+
+    try:
+        recipe = read_recipe(config, parse_overrides(set))
+        if recipe.get("objective") == "causal_lm":  # a causal LM distills while pretraining
+            if "distillation" not in recipe:
+                raise RecipeError(f"{config}: a distill recipe needs a distillation section")
+            pretrain(config, address, set)
+            return
+        cfg, origin = handover.resolve_start_model(
+            load_recipe(config, parse_overrides(set), DistillConfig)
+        )
+    except (RecipeError, handover.RegistryError, FileNotFoundError) as err:
+        raise _fail(str(err)) from None
+    _run_classifier_job(cfg, address, origin)
+
+
+def _run_classifier_job(
+    cfg: FinetuneConfig | DistillConfig, address: str | None, origin: dict[str, Any] | None
+) -> None:
+    from training import DistillConfig, run_finetune
+    from training.data import DataSourceError
+
+    try:
+        result = run_finetune(cfg, address=address, origin=origin)
+    except (DataSourceError, FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    m = result.metrics
+    kind = "distilled student" if isinstance(cfg, DistillConfig) else "fine-tuned model"
+    console.print(
+        f"\n[bold green]done[/bold green]: {kind}, test accuracy {m['accuracy']:.4f}, "
+        f"macro F1 {m['macro_f1']:.4f}"
+    )
+    console.print(f"model:       {result.model_dir}")
+    console.print(f"checkpoint:  {result.checkpoint}")
+    if cfg.registry is not None:
+        handover.register_export(result.model_dir, cfg.registry, console)
+
+
+@app.command("eval")
+def evaluate(
+    models: Annotated[
+        list[str],
+        typer.Argument(help="Exported model directories or registry refs (models:/name@alias)"),
+    ],
+    split: Annotated[
+        str, typer.Option(help="Split of the first model's data recipe: test or validation")
+    ] = "test",
+    threads: Annotated[int, typer.Option(help="Torch threads for every model")] = 2,
+    max_examples: Annotated[
+        int | None, typer.Option(help="Evaluate at most this many examples")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the results as JSON here")] = None,
+) -> None:
+    """Evaluate classifiers on a split: report, confusion matrix, latency at batch 1 and 32."""
+    from cluster.evaluate import EvalError, compare_models
+
+    try:
+        compare_models(models, split, threads, max_examples, output, console)
+    except (EvalError, handover.RegistryError, FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
 
 
 def main() -> None:

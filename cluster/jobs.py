@@ -159,7 +159,7 @@ def _cluster_relative_paths(cfg: PretrainConfig) -> list[str]:
 
     paths = {
         "checkpoint.storage_path": cfg.checkpoint.storage_path,
-        "tokenizer.path": cfg.tokenizer.path,
+        "tokenizer.path": cfg.tokenizer_config.path,
     }
     paths.update({f"data.sources[{i}].path": s.path for i, s in enumerate(cfg.data.sources)})
     return [

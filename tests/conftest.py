@@ -61,6 +61,18 @@ def tiny_corpus(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The session's Ray cluster; yields the dashboard (Jobs API) URL."""
+    import ray
+
+    ctx = ray.init(num_cpus=2, include_dashboard=True, log_to_driver=True)
+    try:
+        yield f"http://{ctx.dashboard_url}"
+    finally:
+        ray.shutdown()
+
+
 @pytest.fixture
 def tiny_text(tmp_path: Path) -> Path:
     """The tiny corpus as a text file, one sentence per line."""
@@ -73,3 +85,41 @@ def recipe_factory(tmp_path: Path):
         return tiny_recipe(tmp_path, **sections)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer BERT with the packaged MiniLM tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from training.assets import PACKAGED_MODELS, require
+
+    path = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(require(PACKAGED_MODELS["minilm"], "MiniLM"))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_classifier_recipe(tmp_path: Path, base: str, **sections: Any) -> dict[str, Any]:
+    """Fine-tuning on a small stratified sample of Rotten Tomatoes."""
+    recipe: dict[str, Any] = {
+        "task": "classification",
+        "model": {"base": base},
+        "data": {"source": {"kind": "rotten_tomatoes"}, "max_length": 32, "max_examples": 320},
+        "optimizer": {"lr": 2e-3, "warmup_steps": 2},
+        "deepspeed": {"zero_stage": 2},
+        "train": {"micro_batch_size": 8, "global_batch_size": 16, "epochs": 2, "log_every": 5},
+        "checkpoint": {"storage_path": str(tmp_path / "runs"), "run_name": "tiny-finetune"},
+    }
+    for key, value in sections.items():
+        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe

@@ -1,17 +1,41 @@
-"""fmstack training: typed recipes, Ray Data pipelines, models, DeepSpeed loop, checkpoints."""
+"""fmstack training: typed recipes, Ray Data pipelines, models, DeepSpeed loops, checkpoints,
+exports and the one function that loads an export for inference."""
 
 from training.checkpoint import read_manifest, verify_files
-from training.config import PretrainConfig, RecipeError, load_recipe, parse_recipe
+from training.config import (
+    DistillConfig,
+    FinetuneConfig,
+    LabeledDataConfig,
+    PretrainConfig,
+    RecipeError,
+    RegistryConfig,
+    load_recipe,
+    parse_recipe,
+    read_recipe,
+)
+from training.finetune import FinetuneResult, run_finetune
+from training.inference import LoadedModel, classify, load_model, resolve_model_dir
 from training.pretrain import PretrainResult, preflight, run_pretraining
 
 __all__ = [
+    "DistillConfig",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "LabeledDataConfig",
+    "LoadedModel",
     "PretrainConfig",
     "PretrainResult",
     "RecipeError",
+    "RegistryConfig",
+    "classify",
+    "load_model",
     "load_recipe",
     "parse_recipe",
     "preflight",
     "read_manifest",
+    "read_recipe",
+    "resolve_model_dir",
+    "run_finetune",
     "run_pretraining",
     "verify_files",
 ]

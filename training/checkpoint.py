@@ -40,6 +40,12 @@ class TrainerState:
     """Validation loss before the first step, kept to show progress across restarts."""
     resumed_from_step: int | None = None
     """Step of the checkpoint this attempt started from, if any."""
+    best_score: float | None = None
+    """Best validation score so far (fine-tuning), oriented so that higher is better."""
+    best_step: int | None = None
+    """Step at which `best_score` was reached."""
+    evals_without_improvement: int = 0
+    """Validation passes since the best one (early stopping)."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -93,6 +99,19 @@ def gather_fp32_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def consolidated_state_dict(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 weights from a reported checkpoint, in one process, for any ZeRO stage."""
+    tagged = Path(checkpoint_dir, DEEPSPEED_TAG)
+    if list(tagged.glob("*optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=DEEPSPEED_TAG)
+    else:  # ZeRO-0 keeps the whole model in one file
+        saved = torch.load(tagged / "mp_rank_00_model_states.pt", map_location="cpu")
+        state = saved["module"]
+    return {k: v.float() for k, v in state.items()}
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -101,27 +120,33 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_export(
-    out_dir: Path,
-    hf_config: Any,
-    state_dict: dict[str, torch.Tensor],
-    tokenizer: Any,
-    manifest: dict[str, Any],
-) -> Path:
-    """Write a Hugging Face directory plus `fmstack.json`; the manifest is written last."""
-    from training.models import build_model
-
-    model = build_model(hf_config)
+def load_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load consolidated weights; only tied copies of another parameter may be missing."""
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or set(missing) - tied - _tied_names(model):
         raise RuntimeError(
-            f"export does not match the model: missing {missing}, unexpected {unexpected}"
+            f"weights do not match the model: missing {missing}, unexpected {unexpected}"
         )
-    model.tie_weights()
+    tie = getattr(model, "tie_weights", None)
+    if tie is not None:
+        tie()
+
+
+def write_export(
+    out_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    manifest: dict[str, Any],
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write a Hugging Face directory (plus `extra_files`, name -> text) and `fmstack.json`
+    with every file's checksum; the manifest is written last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    for name, text in (extra_files or {}).items():
+        (out_dir / name).write_text(text)
     files = {
         p.relative_to(out_dir).as_posix(): sha256_file(p)
         for p in sorted(out_dir.rglob("*"))

@@ -1,4 +1,5 @@
-"""Typed job recipes. One YAML recipe validates into one `PretrainConfig`.
+"""Typed job recipes. One YAML recipe validates into one job config: `PretrainConfig`,
+`FinetuneConfig` or `DistillConfig`.
 
 Every field carries a one-line docstring; cross-field checks raise errors that name the key to
 change. `load_recipe` turns pydantic's errors into a `RecipeError` that a user can act on.
@@ -7,7 +8,7 @@ change. `load_recipe` turns pydantic's errors into a `RecipeError` that a user c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -220,6 +221,50 @@ class CheckpointConfig(_Config):
     """Worker-group restarts allowed; each resumes from the latest checkpoint."""
 
 
+# ---------------------------------------------------------------- hand-over
+
+
+class RegistryConfig(_Config):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """Registry model name; each job adds a new immutable version."""
+    root: str | None = None
+    """Registry root (a directory or s3://, gs:// URI); default `$FMSTACK_REGISTRY` or
+    `runs/registry`."""
+    alias: str | None = "candidate"
+    """Alias pointed at the new version (e.g. `candidate`); none when null."""
+    require: list[str] = []
+    """Metric gates for the alias, e.g. `accuracy>=0.80`; the alias does not move if one fails."""
+
+
+# ---------------------------------------------------------------- distillation
+
+
+class DistillationConfig(_Config):
+    teacher: str
+    """Teacher model: an exported directory, an s3://, gs:// URI, a registry reference
+    (`models:/name@production`) or a packaged model (`minilm`, `smollm2`)."""
+    temperature: float = Field(default=2.0, gt=0)
+    """Softmax temperature for teacher and student logits; the KL term is scaled by T^2."""
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    """Weight of the soft-target (KL) loss; the label loss gets 1 - alpha. With 0 the student
+    learns from labels alone (the baseline that distillation should beat)."""
+    hidden_weight: float = Field(default=0.0, ge=0)
+    """Weight of hidden-state matching (MSE between mapped student and teacher layers; the
+    student must have the teacher's width). Needs teacher_logits `in_worker`."""
+    teacher_logits: Literal["precomputed", "in_worker"] = "precomputed"
+    """`precomputed`: the teacher labels the training set once with Ray Data batch inference
+    before training (classification); `in_worker`: a frozen teacher runs in every worker."""
+
+    @model_validator(mode="after")
+    def _hidden_needs_teacher(self) -> DistillationConfig:
+        if self.hidden_weight > 0 and self.teacher_logits == "precomputed":
+            raise ValueError(
+                "distillation.hidden_weight needs the teacher's hidden states: set "
+                "distillation.teacher_logits to 'in_worker' or hidden_weight to 0"
+            )
+        return self
+
+
 # ---------------------------------------------------------------- the job
 
 
@@ -228,8 +273,9 @@ class PretrainConfig(_Config):
     """Next-token prediction (gpt2, llama) or masked-token prediction (bert)."""
     model: ModelConfig
     """Model architecture and size."""
-    tokenizer: TokenizerConfig = TokenizerConfig()
-    """Tokenizer to train or reuse; it is saved with the model."""
+    tokenizer: TokenizerConfig | None = None
+    """Tokenizer to train or reuse (default: a byte-level BPE trained on the corpus); it is saved
+    with the model. A distilled student always uses its teacher's."""
     data: DataConfig
     """Training text and how it is packed."""
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -242,6 +288,14 @@ class PretrainConfig(_Config):
     """Batching, length, precision and intervals."""
     checkpoint: CheckpointConfig
     """Checkpoints, export location and fault tolerance."""
+    distillation: DistillationConfig | None = None
+    """Causal-LM distillation: a frozen teacher in every worker adds a soft-target loss."""
+    registry: RegistryConfig | None = None
+    """Register the exported model in the model registry when the job ends."""
+
+    @property
+    def tokenizer_config(self) -> TokenizerConfig:
+        return self.tokenizer or TokenizerConfig()
 
     def resolved_precision(self, fast_bf16: bool) -> Literal["fp32", "bf16"]:
         """The precision a worker uses, given whether its device has fast bf16 math."""
@@ -264,7 +318,7 @@ class PretrainConfig(_Config):
                 f"model.arch '{self.model.arch}' does not fit objective '{self.objective}'; "
                 f"use {want}"
             )
-        if self.tokenizer.kind == "wordpiece" and causal:
+        if self.tokenizer_config.kind == "wordpiece" and causal:
             raise ValueError("tokenizer.kind 'wordpiece' is for masked_lm; use 'bpe' for causal_lm")
         per_step = self.train.micro_batch_size * self.scaling.num_workers
         if self.train.global_batch_size % per_step:
@@ -274,12 +328,195 @@ class PretrainConfig(_Config):
                 f"train.micro_batch_size x scaling.num_workers ({per_step}); try {lower} or "
                 f"{lower + per_step}"
             )
-        if self.train.precision == "bf16" and self.deepspeed.zero_stage == 0:
+        _check_precision(self.train.precision, self.deepspeed.zero_stage)
+        if self.distillation is not None:
+            if not causal:
+                raise ValueError(
+                    "distillation in a pretraining recipe is for objective causal_lm; distill a "
+                    "classifier with a distill recipe (task: classification)"
+                )
+            if self.tokenizer is not None:
+                raise ValueError(
+                    "tokenizer: a distilled student uses its teacher's tokenizer; remove the "
+                    "tokenizer section"
+                )
+            if self.distillation.teacher_logits != "in_worker":
+                raise ValueError(
+                    "distillation.teacher_logits: causal-LM teachers run in the workers (their "
+                    "logits over the whole vocabulary are too large to store); use 'in_worker'"
+                )
+        return self
+
+
+def _check_precision(precision: str, zero_stage: int) -> None:
+    if precision == "bf16" and zero_stage == 0:
+        raise ValueError(
+            "train.precision bf16 needs deepspeed.zero_stage 1, 2 or 3 (they keep fp32 master "
+            "weights); raise zero_stage or use precision fp32"
+        )
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+class LabeledSourceConfig(_Config):
+    kind: Literal["rotten_tomatoes", "csv", "jsonl", "parquet"]
+    """The packaged Rotten Tomatoes sentiment set, or the user's labeled files."""
+    path: str | None = None
+    """File, directory or glob for csv/jsonl/parquet; local or s3://, gs:// URIs."""
+    text_column: str = "text"
+    """Column holding the text."""
+    label_column: str = "label"
+    """Column holding the label (names or integers)."""
+
+    @model_validator(mode="after")
+    def _path_matches_kind(self) -> LabeledSourceConfig:
+        if self.kind == "rotten_tomatoes" and self.path:
+            raise ValueError("data.source: kind 'rotten_tomatoes' is packaged; remove its path")
+        if self.kind != "rotten_tomatoes" and not self.path:
+            raise ValueError(f"data.source: kind '{self.kind}' needs a path")
+        return self
+
+
+class LabeledDataConfig(_Config):
+    source: LabeledSourceConfig
+    """Where the labeled examples come from."""
+    max_length: int = Field(default=64, ge=8, le=8192)
+    """Tokens per example; longer texts are truncated."""
+    validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    """Share of examples held out for model selection and early stopping."""
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=0.5)
+    """Share of examples held out for the final report."""
+    max_examples: int | None = Field(default=None, ge=10)
+    """Use a stratified sample of this many examples (after de-duplication), for quick runs."""
+
+
+class ClassifierModelConfig(_Config):
+    base: str = "minilm"
+    """Pretrained encoder: `minilm` (packaged), an exported fmstack model directory or URI, or a
+    registry reference (`models:/name@production`)."""
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    """Dropout in the encoder and the classification head."""
+
+
+class StudentConfig(_Config):
+    init: Literal["teacher_layers", "scratch"] = "teacher_layers"
+    """`teacher_layers`: copy embeddings and the listed layers from the teacher;
+    `scratch`: a freshly initialised encoder of the given size (teacher's vocabulary)."""
+    layers: list[int] | None = None
+    """Teacher layers to copy (e.g. [0, 5]); default: evenly spaced, `num_layers` of them."""
+    num_layers: int = Field(default=2, ge=1)
+    """Transformer layers of the student."""
+    hidden_size: int | None = Field(default=None, gt=0)
+    """Width of a `scratch` student (default: the teacher's)."""
+    num_heads: int | None = Field(default=None, gt=0)
+    """Attention heads of a `scratch` student (default: the teacher's)."""
+    intermediate_size: int | None = Field(default=None, gt=0)
+    """Feed-forward width of a `scratch` student (default: 4 x hidden_size)."""
+
+    @model_validator(mode="after")
+    def _layers_match(self) -> StudentConfig:
+        if self.layers is not None:
+            if self.init != "teacher_layers":
+                raise ValueError("student.layers is only read when student.init is teacher_layers")
+            if len(self.layers) != self.num_layers:
+                raise ValueError(
+                    f"student.layers lists {len(self.layers)} layers but student.num_layers is "
+                    f"{self.num_layers}; make them agree"
+                )
+        if self.init == "teacher_layers" and (self.hidden_size or self.intermediate_size):
             raise ValueError(
-                "train.precision bf16 needs deepspeed.zero_stage 1, 2 or 3 (they keep fp32 master "
-                "weights); raise zero_stage or use precision fp32"
+                "student.hidden_size and intermediate_size are for init 'scratch'; a "
+                "teacher_layers student has the teacher's width"
             )
         return self
+
+
+class FinetuneTrainConfig(_Config):
+    micro_batch_size: int = Field(ge=1)
+    """Examples per worker per forward pass."""
+    global_batch_size: int = Field(ge=1)
+    """Examples per optimizer step across all workers; gradient accumulation is derived."""
+    epochs: float = Field(default=2.0, gt=0)
+    """Passes over the training split (the step count is derived from it)."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps, if that comes before `epochs`."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 (fp32 master weights) or fp32; auto picks bf16 only on fast-bf16 devices."""
+    seed: int = 0
+    """Seed for initialisation, sampling, splits and data order."""
+    log_every: int = Field(default=10, ge=1)
+    """Steps between progress lines and metric reports."""
+    eval_every: int | None = Field(default=None, ge=1)
+    """Steps between validation passes and checkpoints (default: once per epoch)."""
+    metric: Literal["accuracy", "macro_f1", "validation_loss"] = "accuracy"
+    """Validation metric that picks the best checkpoint and drives early stopping."""
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    """Stop after this many validation passes without improvement; none disables it."""
+    fail_once_at_step: int | None = Field(default=None, ge=1)
+    """Crash rank 0 once at this step of a fresh run, to rehearse recovery from a checkpoint."""
+
+
+class _ClassifierJob(_Config):
+    task: Literal["classification"] = "classification"
+    """Sequence classification (one label per text)."""
+    data: LabeledDataConfig
+    """Labeled examples and how they are split."""
+    optimizer: OptimizerConfig = OptimizerConfig(lr=5e-5, betas=(0.9, 0.999), warmup_steps=10)
+    """AdamW and learning-rate schedule."""
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    """ZeRO stage and offload."""
+    scaling: ScalingConfig = ScalingConfig()
+    """Workers and devices."""
+    train: FinetuneTrainConfig
+    """Batching, epochs, precision, evaluation and early stopping."""
+    checkpoint: CheckpointConfig
+    """Checkpoints, export location and fault tolerance."""
+    registry: RegistryConfig | None = None
+    """Register the exported model in the model registry when the job ends."""
+
+    def resolved_precision(self, fast_bf16: bool) -> Literal["fp32", "bf16"]:
+        if self.train.precision != "auto":
+            return self.train.precision
+        return "bf16" if fast_bf16 and self.deepspeed.zero_stage >= 1 else "fp32"
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.train.global_batch_size // (
+            self.train.micro_batch_size * self.scaling.num_workers
+        )
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> _ClassifierJob:
+        per_step = self.train.micro_batch_size * self.scaling.num_workers
+        if self.train.global_batch_size % per_step:
+            lower = max(per_step, self.train.global_batch_size // per_step * per_step)
+            raise ValueError(
+                f"train.global_batch_size ({self.train.global_batch_size}) must be a multiple of "
+                f"train.micro_batch_size x scaling.num_workers ({per_step}); try {lower} or "
+                f"{lower + per_step}"
+            )
+        _check_precision(self.train.precision, self.deepspeed.zero_stage)
+        return self
+
+
+class FinetuneConfig(_ClassifierJob):
+    """Fine-tune a pretrained encoder for sequence classification."""
+
+    model: ClassifierModelConfig = ClassifierModelConfig()
+    """The pretrained encoder to start from."""
+
+
+class DistillConfig(_ClassifierJob):
+    """Distill a fine-tuned classifier (the teacher) into a smaller student."""
+
+    distillation: DistillationConfig
+    """Teacher, temperature and loss weights."""
+    student: StudentConfig = StudentConfig()
+    """How the student is built."""
+
+
+Job = TypeVar("Job", PretrainConfig, FinetuneConfig, DistillConfig)
 
 
 # ---------------------------------------------------------------- loading
@@ -301,16 +538,20 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_recipe(data: dict[str, Any], source: str = "<dict>") -> PretrainConfig:
+def parse_recipe(
+    data: dict[str, Any],
+    source: str = "<dict>",
+    schema: type[Job] = PretrainConfig,  # type: ignore[assignment]  # mypy#3737
+) -> Job:
     """Validate a recipe mapping; raises `RecipeError` naming each bad key and its fix."""
     try:
-        return PretrainConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as err:
         raise RecipeError(_format_errors(err, source)) from None
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> PretrainConfig:
-    """Read a YAML recipe (plus dotted-key overrides) into a `PretrainConfig`."""
+def read_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A YAML recipe (plus dotted-key overrides) as a mapping, not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist")
@@ -322,7 +563,16 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Pr
         raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
-    return parse_recipe(data, str(path))
+    return data
+
+
+def load_recipe(
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    schema: type[Job] = PretrainConfig,  # type: ignore[assignment]  # mypy#3737
+) -> Job:
+    """Read a YAML recipe (plus dotted-key overrides) into a job config of type `schema`."""
+    return parse_recipe(read_recipe(path, overrides), str(path), schema)
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.config import PretrainConfig
+from training.config import DistillConfig, FinetuneConfig, PretrainConfig
 
 
-def deepspeed_config(cfg: PretrainConfig, precision: str) -> dict[str, Any]:
-    """DeepSpeed's JSON config for a recipe at a resolved precision (`fp32` or `bf16`).
+def deepspeed_config(
+    cfg: PretrainConfig | FinetuneConfig | DistillConfig, precision: str, hidden: int
+) -> dict[str, Any]:
+    """DeepSpeed's JSON config for a recipe at a resolved precision (`fp32` or `bf16`), for a
+    model of width `hidden`.
 
     The optimizer and LR schedule are passed to `deepspeed.initialize` as objects.
     """
     ds = cfg.deepspeed
-    hidden = cfg.model.dims[0]
     # Communication buckets sized to the model (at least 2e7 elements, so that small models
     # still reduce in a few calls); DeepSpeed's defaults (5e8 elements, 2 GB in fp32) are made
     # for large GPU models and would dwarf a small model's own state.

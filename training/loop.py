@@ -12,26 +12,34 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 
 from training.checkpoint import (
     TrainerState,
     gather_fp32_state_dict,
+    load_weights,
     restore_checkpoint,
     save_checkpoint,
     write_export,
 )
-from training.config import PretrainConfig
+from training.config import DistillConfig, FinetuneConfig, PretrainConfig
 from training.data import configure_ray_data
 from training.deepspeed_config import deepspeed_config
 from training.hardware import fast_bf16
 from training.metrics import PeakMemory, StepWindow, TrainingMetrics
 from training.models import build_model, count_parameters, flops_per_token, model_config
-from training.objectives import IGNORE_INDEX, causal_lm_inputs, masked_lm_inputs
+from training.objectives import (
+    IGNORE_INDEX,
+    causal_lm_inputs,
+    distillation_loss,
+    masked_lm_inputs,
+)
 from training.schedule import lr_multiplier
 from training.storage import MANIFEST, local_copy, publish_directory
 from training.tokenizer import load_tokenizer
@@ -45,7 +53,7 @@ class InjectedFailure(RuntimeError):
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = PretrainConfig.model_validate(loop_config["recipe"])
-    _configure_process(cfg)
+    configure_process(cfg)
     import ray.train
     import torch.distributed as dist
 
@@ -57,14 +65,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     n_params = count_parameters(model)
     flops_tok = flops_per_token(hf_config, n_params, cfg.data.seq_len)
     precision = cfg.resolved_precision(fast_bf16(cfg.scaling.use_gpu))
-    engine = build_engine(model, cfg, precision)
+    engine = build_engine(model, cfg, precision, cfg.train.max_steps, hf_config.hidden_size)
     state = restore_checkpoint(engine)
     memory = PeakMemory(cfg.scaling.use_gpu)  # from here on: training memory, after partitioning
+    teacher = load_teacher(loop_config.get("teacher_dir"))
     make_inputs = build_objective(cfg, tokenizer, rank)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
     metrics = TrainingMetrics(cfg.checkpoint.run_name, cfg.objective) if rank == 0 else None
-    log = _printer(rank)
+    log = printer(rank)
 
     log(
         f"{cfg.model.arch} {n_params / 1e6:.1f}M params, ZeRO-{cfg.deepspeed.zero_stage}, "
@@ -80,11 +89,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     last_metrics: dict[str, float] = {}
     started = time.monotonic()
     start_step = state.step
-    for input_ids in micro_batches(train_shard, cfg, state):
+    for batch in micro_batches(train_shard, cfg.train.micro_batch_size, state):
         if state.step >= cfg.train.max_steps:
             break
+        input_ids = batch["input_ids"]
         position = ("train", state.epoch, state.batches_in_epoch)  # survives a resume
-        loss = engine(**make_inputs(input_ids, position)).loss
+        inputs = make_inputs(input_ids, position)
+        out = engine(**inputs)
+        loss = out.loss
+        if teacher is not None and cfg.distillation is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=inputs["input_ids"]).logits
+            loss = distillation_loss(
+                out.logits,
+                teacher_logits,
+                loss,
+                temperature=cfg.distillation.temperature,
+                alpha=cfg.distillation.alpha,
+            )
         engine.backward(loss)
         engine.step()
         loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
@@ -104,7 +126,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 f"injected failure at step {state.step} (train.fail_once_at_step)"
             )
         if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
-            train_loss = _mean_across_ranks(loss_sum, loss_count)
+            train_loss = mean_across_ranks(loss_sum, loss_count)
             rates = window.rates(flops_tok)
             lr = engine.get_lr()[0]
             last_metrics |= {"train_loss": train_loss, **rates, "learning_rate": lr}
@@ -116,7 +138,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             log(
                 f"step {state.step}/{cfg.train.max_steps} | loss {train_loss:.4f} | lr {lr:.2e} | "
                 f"{rates['tokens_per_second']:,.0f} tok/s | "
-                f"{rates['flops_per_second'] / 1e9:.1f} GFLOP/s | eta {_duration(eta)}"
+                f"{rates['flops_per_second'] / 1e9:.1f} GFLOP/s | eta {format_duration(eta)}"
             )
             if metrics:
                 metrics.record_window(state.step, train_loss, lr, rates)
@@ -152,20 +174,34 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- builders
 
 
-def _configure_process(cfg: PretrainConfig) -> None:
+def configure_process(cfg: PretrainConfig | FinetuneConfig | DistillConfig) -> None:
     # DeepSpeed picks its accelerator on first use; CPU workers must not probe for CUDA.
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
+    # DeepSpeed still calls collectives that torch has renamed; one warning per call floods logs.
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
+    )
+    # A classifier head that is new on purpose is not news; fmstack logs what it loaded.
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker)))
     configure_ray_data()
 
 
-def build_engine(model: torch.nn.Module, cfg: PretrainConfig, precision: str) -> Any:
+def build_engine(
+    model: torch.nn.Module,
+    cfg: PretrainConfig | FinetuneConfig | DistillConfig,
+    precision: str,
+    max_steps: int,
+    hidden: int,
+) -> Any:
     """A DeepSpeed engine with AdamW (decay on matrices only) and the recipe's LR schedule."""
     import deepspeed
 
     opt = cfg.optimizer
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     groups = [
         {"params": decay, "weight_decay": opt.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -179,16 +215,26 @@ def build_engine(model: torch.nn.Module, cfg: PretrainConfig, precision: str) ->
 
     def schedule(optim: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return torch.optim.lr_scheduler.LambdaLR(
-            optim, lambda step: lr_multiplier(step, opt, cfg.train.max_steps)
+            optim, lambda step: lr_multiplier(step, opt, max_steps)
         )
 
     engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=schedule,
-        config=deepspeed_config(cfg, precision),
+        config=deepspeed_config(cfg, precision, hidden),
     )
     return engine
+
+
+def load_teacher(teacher_dir: str | None) -> torch.nn.Module | None:
+    """A frozen causal-LM teacher for distillation (each worker runs its own copy)."""
+    if teacher_dir is None:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    return teacher.eval().requires_grad_(False)
 
 
 def build_objective(cfg: PretrainConfig, tokenizer: Any, rank: int) -> MakeInputs:
@@ -217,18 +263,18 @@ def build_objective(cfg: PretrainConfig, tokenizer: Any, rank: int) -> MakeInput
     return masked
 
 
-def micro_batches(shard: Any, cfg: PretrainConfig, state: TrainerState) -> Iterator[torch.Tensor]:
+def micro_batches(
+    shard: Any, batch_size: int, state: TrainerState, dtypes: Any = torch.long
+) -> Iterator[dict[str, torch.Tensor]]:
     """Endless micro-batches of this rank's shard, starting at the saved data position."""
     while True:
         skip = state.batches_in_epoch
-        batches = shard.iter_torch_batches(
-            batch_size=cfg.train.micro_batch_size, drop_last=True, dtypes=torch.long
-        )
+        batches = shard.iter_torch_batches(batch_size=batch_size, drop_last=True, dtypes=dtypes)
         for i, batch in enumerate(batches):
             if i < skip:
                 continue
             state.batches_in_epoch = i + 1
-            yield batch["input_ids"]
+            yield batch
         state.epoch += 1
         state.batches_in_epoch = 0
 
@@ -288,8 +334,10 @@ def export(
         "recipe": loop_config["recipe"],
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    model = build_model(hf_config)
+    load_weights(model, weights)
     with tempfile.TemporaryDirectory(prefix="fmstack-export-") as tmp:
-        write_export(Path(tmp), hf_config, weights, tokenizer, manifest)
+        write_export(Path(tmp), model, tokenizer, manifest)
         publish_directory(Path(tmp), loop_config["export_uri"], manifest_last=MANIFEST)
     sys.stdout.write(f"exported model to {loop_config['export_uri']}\n")
 
@@ -297,7 +345,7 @@ def export(
 # ---------------------------------------------------------------- helpers
 
 
-def _mean_across_ranks(total: float, count: int) -> float:
+def mean_across_ranks(total: float, count: int) -> float:
     import torch.distributed as dist
 
     t = torch.tensor([total, count], dtype=torch.float64)
@@ -309,12 +357,12 @@ def _ppl(loss: float) -> float:
     return math.exp(min(loss, 50.0))
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _printer(rank: int) -> Callable[[str], None]:
+def printer(rank: int) -> Callable[[str], None]:
     def log(message: str) -> None:
         # Write directly: Ray Train's patched print would log each line twice.
         if rank == 0:

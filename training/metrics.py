@@ -90,6 +90,12 @@ class TrainingMetrics:
         self.loss = gauge("loss", "Training loss over the last logging window.")
         self.validation_loss = gauge("validation_loss", "Mean validation loss.")
         self.validation_perplexity = gauge("validation_perplexity", "exp(validation loss).")
+        self.validation_accuracy = gauge(
+            "validation_accuracy", "Validation accuracy (classifiers)."
+        )
+        self.validation_macro_f1 = gauge(
+            "validation_macro_f1", "Validation macro F1 (classifiers)."
+        )
         self.tokens_per_second = gauge(
             "tokens_per_second", "Training tokens per second, all workers."
         )
@@ -117,9 +123,21 @@ class TrainingMetrics:
     def record_tokens(self, tokens: int) -> None:
         self.tokens.inc(tokens)
 
-    def record_validation(self, loss: float, perplexity: float) -> None:
+    def record_validation(
+        self,
+        loss: float,
+        perplexity: float | None = None,
+        accuracy: float | None = None,
+        macro_f1: float | None = None,
+    ) -> None:
         self.validation_loss.set(loss)
-        self.validation_perplexity.set(perplexity)
+        for gauge, value in (
+            (self.validation_perplexity, perplexity),
+            (self.validation_accuracy, accuracy),
+            (self.validation_macro_f1, macro_f1),
+        ):
+            if value is not None:
+                gauge.set(value)
 
     def record_checkpoint(self, seconds: float) -> None:
         self.last_checkpoint.set(time.time())

@@ -38,3 +38,64 @@ def masked_lm_inputs(
     )
     inputs[to_random] = torch.randint(vocab_size, inputs.shape, generator=generator)[to_random]
     return {"input_ids": inputs, "labels": labels}
+
+
+# ---------------------------------------------------------------- distillation
+
+
+def soft_target_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened distributions, times T^2.
+
+    The T^2 factor keeps the soft-target gradients on the same scale as the label loss whatever
+    the temperature (Hinton et al., 2015). Logits of any shape [..., classes] are flattened, and
+    the mean is over positions (examples or tokens).
+    """
+    classes = student_logits.shape[-1]
+    log_p_student = torch.log_softmax(student_logits.reshape(-1, classes).float() / temperature, -1)
+    log_p_teacher = torch.log_softmax(teacher_logits.reshape(-1, classes).float() / temperature, -1)
+    kl = torch.nn.functional.kl_div(
+        log_p_student, log_p_teacher, log_target=True, reduction="batchmean"
+    )
+    return kl * temperature**2
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    label_loss: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """alpha x soft-target loss + (1 - alpha) x the task's own label loss."""
+    if alpha == 0.0:
+        return label_loss
+    soft = soft_target_loss(student_logits, teacher_logits, temperature)
+    return alpha * soft + (1.0 - alpha) * label_loss
+
+
+def hidden_state_loss(
+    student_hidden: tuple[torch.Tensor, ...],
+    teacher_hidden: tuple[torch.Tensor, ...],
+    teacher_layers: list[int],
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean squared error between each student layer's output and the teacher layer it copies.
+
+    `*_hidden` are Hugging Face `hidden_states` (embeddings first); student layer i is matched to
+    teacher layer `teacher_layers[i]`. Padding positions are ignored.
+    """
+    pairs = [(student_hidden[0], teacher_hidden[0])] + [
+        (student_hidden[i + 1], teacher_hidden[t + 1]) for i, t in enumerate(teacher_layers)
+    ]
+    losses = []
+    for s, t in pairs:
+        err = (s.float() - t.float()).pow(2).mean(-1)
+        if attention_mask is not None:
+            mask = attention_mask.to(err.dtype)
+            losses.append((err * mask).sum() / mask.sum().clamp(min=1))
+        else:
+            losses.append(err.mean())
+    return torch.stack(losses).mean()

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from training.config import PretrainConfig
+from training.config import DistillConfig, FinetuneConfig, PretrainConfig, TokenizerConfig
 from training.data import (
     build_datasets,
     check_sources,
@@ -35,23 +35,30 @@ class PretrainResult:
     """Rank 0's metrics at every kept checkpoint, by step."""
 
 
-def preflight(cfg: PretrainConfig) -> None:
-    """Everything that can be checked before Ray starts."""
+def preflight(cfg: PretrainConfig) -> Path | None:
+    """Everything that can be checked before Ray starts; returns the distillation teacher's
+    directory, if any."""
     check_sources(cfg.data)
-    if cfg.tokenizer.kind == "pretrained":
-        assert cfg.tokenizer.path is not None
-        if not is_uri(cfg.tokenizer.path) and not Path(cfg.tokenizer.path).is_dir():
+    if cfg.distillation is not None:
+        from training.inference import resolve_model_dir
+
+        return resolve_model_dir(cfg.distillation.teacher)
+    tokenizer = cfg.tokenizer_config
+    if tokenizer.kind == "pretrained":
+        assert tokenizer.path is not None
+        if not is_uri(tokenizer.path) and not Path(tokenizer.path).is_dir():
             raise FileNotFoundError(
-                f"tokenizer.path: {cfg.tokenizer.path} is not a directory with a tokenizer"
+                f"tokenizer.path: {tokenizer.path} is not a directory with a tokenizer"
             )
+    return None
 
 
-def storage_root(cfg: PretrainConfig) -> str:
+def storage_root(cfg: PretrainConfig | FinetuneConfig | DistillConfig) -> str:
     path = cfg.checkpoint.storage_path
     return path if is_uri(path) else str(Path(path).expanduser().resolve())
 
 
-def ensure_ray(address: str | None, cfg: PretrainConfig) -> None:
+def ensure_ray(address: str | None, cfg: PretrainConfig | FinetuneConfig | DistillConfig) -> None:
     """Connect to `address` (or `$RAY_ADDRESS`, set for Ray Jobs), else start a local Ray."""
     import ray
 
@@ -64,12 +71,12 @@ def ensure_ray(address: str | None, cfg: PretrainConfig) -> None:
     ray.init(num_cpus=max(os.cpu_count() or 1, needed))
 
 
-def prepare_tokenizer(cfg: PretrainConfig, documents: Any, run_dir: str) -> str:
+def prepare_tokenizer(cfg: TokenizerConfig, documents: Any, run_dir: str) -> str:
     """The run's tokenizer: reused when the run already has one, so a resumed run matches."""
     uri = join(run_dir, "tokenizer")
     if exists(join(uri, "tokenizer_config.json")):
         return uri
-    tokenizer = build_tokenizer(cfg.tokenizer, sample_texts(documents))
+    tokenizer = build_tokenizer(cfg, sample_texts(documents))
     with tempfile.TemporaryDirectory(prefix="fmstack-tok-") as tmp:
         tokenizer.save_pretrained(tmp)
         publish_directory(Path(tmp), uri)
@@ -78,7 +85,10 @@ def prepare_tokenizer(cfg: PretrainConfig, documents: Any, run_dir: str) -> str:
 
 def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> PretrainResult:
     """Run a pretraining job to completion (or resume it) and export its model."""
-    preflight(cfg)
+    teacher_dir = preflight(cfg)
+    tokenizer_cfg = cfg.tokenizer_config
+    if teacher_dir is not None:  # the student speaks the teacher's vocabulary
+        tokenizer_cfg = TokenizerConfig(kind="pretrained", path=str(teacher_dir))
     ensure_ray(address, cfg)
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -90,7 +100,7 @@ def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> Pretrain
     root = storage_root(cfg)
     run_dir = join(root, cfg.checkpoint.run_name)
     documents = read_documents(cfg.data)
-    tokenizer_uri = prepare_tokenizer(cfg, documents, run_dir)
+    tokenizer_uri = prepare_tokenizer(tokenizer_cfg, documents, run_dir)
     train_ds, val_ds = build_datasets(cfg, documents, str(local_copy(tokenizer_uri)))
     print(
         f"data: {train_ds.count():,} training and {val_ds.count():,} validation blocks of "
@@ -102,9 +112,12 @@ def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> Pretrain
         "recipe": cfg.model_dump(mode="json"),
         "tokenizer_uri": tokenizer_uri,
         "export_uri": export_uri,
+        "teacher_dir": str(teacher_dir) if teacher_dir else None,
         "lineage": {
             "base_model": None,
-            "teacher": None,
+            "teacher": {"ref": cfg.distillation.teacher, "path": str(teacher_dir)}
+            if cfg.distillation and teacher_dir
+            else None,
             "dataset": {
                 "sources": [s.model_dump(mode="json") for s in cfg.data.sources],
                 "sha256": dataset_fingerprint(cfg.data),

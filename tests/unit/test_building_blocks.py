@@ -76,7 +76,7 @@ def test_deepspeed_config_is_derived(recipe_factory):
             deepspeed={"zero_stage": 3, "offload_optimizer": True, "offload_params": True}
         )
     )
-    ds = deepspeed_config(cfg, cfg.resolved_precision(fast_bf16=False))
+    ds = deepspeed_config(cfg, cfg.resolved_precision(fast_bf16=False), cfg.model.dims[0])
     assert ds["train_batch_size"] == 16
     assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2 == 16
     assert ds["zero_optimization"]["stage"] == 3

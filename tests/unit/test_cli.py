@@ -14,14 +14,17 @@ def _commands(typer_app: typer.Typer) -> set[str]:
 
 
 def test_command_list_is_pinned():
-    assert _commands(app) == {"pretrain", "job"}
-    job = typer.main.get_group(app).commands["job"]
-    assert set(job.commands) == {"submit", "status", "logs", "stop", "list"}
+    assert _commands(app) == {"pretrain", "finetune", "distill", "eval", "job", "models"}
+    group = typer.main.get_group(app)
+    assert set(group.commands["job"].commands) == {"submit", "status", "logs", "stop", "list"}
+    models = group.commands["models"].commands
+    assert set(models) == {"list", "show", "register", "promote", "rollback"}
 
 
-def test_pretrain_options_are_pinned():
-    command = typer.main.get_group(app).commands["pretrain"]
-    assert {p.name for p in command.params} == {"config", "address", "set"}
+def test_job_options_are_pinned():
+    group = typer.main.get_group(app)
+    for name in ("pretrain", "finetune", "distill"):
+        assert {p.name for p in group.commands[name].params} == {"config", "address", "set"}
 
 
 def test_help_lists_every_command():

@@ -9,7 +9,15 @@ import yaml
 from typer.testing import CliRunner
 
 from cluster.cli import app
-from training import RecipeError, load_recipe, parse_recipe, preflight
+from training import (
+    DistillConfig,
+    FinetuneConfig,
+    PretrainConfig,
+    RecipeError,
+    load_recipe,
+    parse_recipe,
+    preflight,
+)
 from training.data import DataSourceError
 
 
@@ -108,10 +116,14 @@ def test_cli_refuses_missing_data_before_ray_starts(tmp_path, recipe_factory):
     assert "does not exist" in result.output
 
 
-CONFIGS = sorted(Path(__file__).resolve().parents[2].glob("configs/pretrain/*.yaml"))
+CONFIGS = sorted(Path(__file__).resolve().parents[2].glob("configs/*/*.yaml"))
+SCHEMAS = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parent.name}/{p.stem}" for p in CONFIGS])
 def test_every_shipped_recipe_validates(path):
-    cfg = load_recipe(path)
+    schema = SCHEMAS.get(path.parent.name)
+    if schema is None:  # distill recipes: a causal LM distills through pretraining
+        schema = PretrainConfig if "objective:" in path.read_text() else DistillConfig
+    cfg = load_recipe(path, schema=schema)
     assert cfg.grad_accum_steps >= 1

@@ -1,0 +1,149 @@
+"""`fmstack eval`: evaluate classifiers on a held-out split and compare them in one table.
+
+The split is rebuilt from the first model's own recipe (data section and seed), so a fine-tuned
+teacher and its distilled student are scored on exactly the examples neither was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cluster import handover
+
+if TYPE_CHECKING:
+    from training import LabeledDataConfig, LoadedModel
+
+LATENCY_BATCHES = {1: 40, 32: 10}  # batch size -> timed batches
+
+
+class EvalError(ValueError):
+    """The models cannot be evaluated as asked."""
+
+
+def compare_models(
+    refs: list[str],
+    split: str,
+    threads: int,
+    max_examples: int | None,
+    output: Path | None,
+    console: Console,
+) -> list[dict[str, Any]]:
+    import torch
+
+    from training import load_model
+    from training.evaluation import format_classification_report, format_confusion_matrix
+    from training.inference import evaluate_classifier, measure_latency
+
+    if split not in ("test", "validation"):
+        raise EvalError(f"--split {split}: use test or validation")
+    torch.set_num_threads(threads)
+    loaded = [load_model(handover.resolve_model(ref)) for ref in refs]
+    held_out = held_out_split(refs, loaded, split, max_examples)
+    data, names = held_out.data, held_out.label_names
+    texts, labels = held_out.texts, held_out.labels
+
+    results = []
+    for ref, model in zip(refs, loaded, strict=True):
+        evaluation = evaluate_classifier(model, texts, labels, max_length=data.max_length)
+        latency = {
+            f"batch_{bs}": measure_latency(
+                model, texts, batch_size=bs, batches=n, max_length=data.max_length
+            )
+            for bs, n in LATENCY_BATCHES.items()
+        }
+        console.print(f"\n[bold]{ref}[/bold] ({split} split, {len(texts)} examples)")
+        console.print(format_classification_report(evaluation["report"]), markup=False)
+        console.print(format_confusion_matrix(evaluation["confusion_matrix"], names), markup=False)
+        results.append(
+            {
+                "model": ref,
+                "path": str(model.path),
+                "parameters": model.parameters,
+                "split": split,
+                "threads": threads,
+                **evaluation,
+                "latency": latency,
+            }
+        )
+    console.print(comparison_table(results))
+    if output:
+        output.write_text(json.dumps(results, indent=2))
+        console.print(f"results written to {output}")
+    return results
+
+
+@dataclasses.dataclass
+class HeldOutSplit:
+    """Labeled examples of one split, rebuilt from a model's recipe."""
+
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+    data: LabeledDataConfig
+    """The recipe's data section (source, max_length, fractions, max_examples)."""
+    seed: int
+
+
+def held_out_split(
+    refs: list[str], models: list[LoadedModel], split: str = "test", max_examples: int | None = None
+) -> HeldOutSplit:
+    """The `split` rows of the first model's recipe (its data section and seed), after checking
+    that every model is a classifier predicting that data's labels; `max_examples` keeps the
+    first rows only."""
+    from training import LabeledDataConfig
+    from training.labeled import label_names_for, prepare_splits, read_labeled
+
+    for ref, model in zip(refs, models, strict=True):
+        if model.task != "classification":
+            raise EvalError(f"{ref} is a {model.task} model; fmstack eval scores classifiers")
+    recipe = models[0].manifest.get("recipe") or {}
+    if "data" not in recipe:
+        raise EvalError(f"{refs[0]} has no data recipe in its fmstack.json to rebuild the split")
+    data = LabeledDataConfig.model_validate(recipe["data"])
+    frame = read_labeled(data.source)
+    names = label_names_for(frame["label"], data.source.kind)
+    for ref, model in zip(refs, models, strict=True):
+        if model.label_names != names:
+            raise EvalError(f"{ref} predicts {model.label_names}, but the data has {names}")
+    seed = recipe.get("train", {}).get("seed", 0)
+    splits = prepare_splits(
+        frame,
+        names,
+        validation_fraction=data.validation_fraction,
+        test_fraction=data.test_fraction,
+        max_examples=data.max_examples,
+        seed=seed,
+    )
+    rows = getattr(splits, split)
+    if max_examples:
+        rows = rows.head(max_examples)
+    return HeldOutSplit(rows["text"].tolist(), rows["label"].tolist(), names, data, seed)
+
+
+def comparison_table(results: list[dict[str, Any]]) -> Table:
+    """One row per model; speed-up is throughput at batch 32 relative to the first model."""
+    table = Table(title=f"{results[0]['split']} split, {results[0]['threads']} threads")
+    for column in ("model", "params", "accuracy", "macro F1", "b1 p50/p95 ms", "b32 p50/p95 ms"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    table.add_column("b32 ex/s", justify="right")
+    table.add_column("speed-up", justify="right")
+    base = results[0]["latency"]["batch_32"]["examples_per_second"]
+    for r in results:
+        b1, b32 = r["latency"]["batch_1"], r["latency"]["batch_32"]
+        table.add_row(
+            r["model"],
+            f"{r['parameters'] / 1e6:.1f}M",
+            f"{r['metrics']['accuracy']:.4f}",
+            f"{r['metrics']['macro_f1']:.4f}",
+            f"{b1['p50_ms']:.1f} / {b1['p95_ms']:.1f}",
+            f"{b32['p50_ms']:.1f} / {b32['p95_ms']:.1f}",
+            f"{b32['examples_per_second']:,.0f}",
+            f"{b32['examples_per_second'] / base:.2f}x",
+        )
+    return table

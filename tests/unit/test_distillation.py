@@ -1,0 +1,150 @@
+"""Distillation losses, student construction and the fine-tuning/distillation recipes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from tests.conftest import tiny_classifier_recipe
+from training import DistillConfig, FinetuneConfig, RecipeError, parse_recipe
+from training.classifier import default_student_layers, student_from_teacher
+from training.config import StudentConfig
+from training.objectives import distillation_loss, hidden_state_loss, soft_target_loss
+
+
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(p) || softmax(q)), averaged over rows, written out by hand."""
+    p = torch.softmax(p_logits, -1)
+    return (p * (torch.log(p) - torch.log_softmax(q_logits, -1))).sum(-1).mean()
+
+
+def test_soft_target_loss_is_zero_when_student_equals_teacher():
+    logits = torch.randn(6, 5)
+    assert soft_target_loss(logits, logits.clone(), 3.0).item() == pytest.approx(0.0, abs=1e-6)
+    # The mixed loss then reduces to the label-loss share.
+    label_loss = torch.tensor(0.7)
+    mixed = distillation_loss(logits, logits, label_loss, temperature=2.0, alpha=0.25)
+    assert mixed.item() == pytest.approx(0.75 * 0.7, abs=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
+def test_soft_target_loss_is_t_squared_times_kl_of_softened_distributions(temperature):
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 4), torch.randn(8, 4)
+    expected = temperature**2 * _kl(teacher / temperature, student / temperature)
+    got = soft_target_loss(student, teacher, temperature)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_soft_target_loss_flattens_token_positions():
+    torch.manual_seed(1)
+    student, teacher = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    flat = soft_target_loss(student.reshape(6, 7), teacher.reshape(6, 7), 2.0)
+    assert soft_target_loss(student, teacher, 2.0).item() == pytest.approx(flat.item())
+
+
+def test_alpha_zero_is_the_label_loss_alone():
+    label_loss = torch.tensor(1.3)
+    out = distillation_loss(
+        torch.randn(2, 3), torch.randn(2, 3), label_loss, temperature=2.0, alpha=0
+    )
+    assert out.item() == pytest.approx(1.3)
+
+
+def _teacher(layers: int = 6) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=2,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def test_default_student_layers_are_evenly_spaced_and_end_with_the_last():
+    assert default_student_layers(6, 2) == [2, 5]
+    assert default_student_layers(6, 3) == [1, 3, 5]
+    assert default_student_layers(6, 6) == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="exceeds"):
+        default_student_layers(2, 3)
+
+
+def test_student_copies_the_chosen_teacher_layers():
+    teacher = _teacher()
+    student, layers = student_from_teacher(teacher, StudentConfig(num_layers=2, layers=[1, 4]))
+    assert layers == [1, 4] and student.config.num_hidden_layers == 2
+    s_layers, t_layers = student.bert.encoder.layer, teacher.bert.encoder.layer
+    torch.testing.assert_close(s_layers[0].state_dict(), t_layers[1].state_dict())
+    torch.testing.assert_close(s_layers[1].state_dict(), t_layers[4].state_dict())
+    torch.testing.assert_close(student.classifier.weight, teacher.classifier.weight)
+
+
+def test_a_student_with_every_teacher_layer_reproduces_the_teacher():
+    teacher = _teacher(layers=3)
+    student, layers = student_from_teacher(teacher, StudentConfig(num_layers=3))
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        s_out = student.eval()(ids, output_hidden_states=True)
+        t_out = teacher(ids, output_hidden_states=True)
+    torch.testing.assert_close(s_out.logits, t_out.logits)
+    loss = hidden_state_loss(s_out.hidden_states, t_out.hidden_states, layers)
+    assert loss.item() == pytest.approx(0.0, abs=1e-8)
+
+
+def test_scratch_student_has_the_requested_size():
+    student, _ = student_from_teacher(
+        _teacher(), StudentConfig(init="scratch", num_layers=1, hidden_size=8, num_heads=2)
+    )
+    assert student.config.hidden_size == 8 and student.config.num_hidden_layers == 1
+    assert student.config.vocab_size == 50 and student.config.num_labels == 2
+
+
+def _distill_recipe(tmp_path, **sections):
+    recipe = tiny_classifier_recipe(tmp_path, "minilm")
+    del recipe["model"]
+    recipe["distillation"] = {"teacher": "runs/teacher/model"}
+    for key, value in sections.items():
+        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe
+
+
+def test_classifier_recipes_validate(tmp_path):
+    cfg = parse_recipe(tiny_classifier_recipe(tmp_path, "minilm"), schema=FinetuneConfig)
+    assert cfg.grad_accum_steps == 1 and cfg.model.base == "minilm"
+    cfg = parse_recipe(_distill_recipe(tmp_path), schema=DistillConfig)
+    assert cfg.distillation.teacher_logits == "precomputed"
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        (
+            {"distillation": {"hidden_weight": 1.0}},
+            "distillation.hidden_weight needs the teacher's hidden states",
+        ),
+        ({"student": {"num_layers": 2, "layers": [0]}}, "student.layers lists 1 layers"),
+        ({"student": {"hidden_size": 64}}, "are for init 'scratch'"),
+        ({"train": {"global_batch_size": 20}}, "train.global_batch_size (20) must be a multiple"),
+        ({"data": {"source": {"kind": "csv"}}}, "kind 'csv' needs a path"),
+        ({"distillation": {"alpha": 1.5}}, "distillation.alpha"),
+    ],
+)
+def test_bad_distill_recipes_name_the_key(tmp_path, sections, message):
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(_distill_recipe(tmp_path, **sections), schema=DistillConfig)
+    assert message in str(err.value)
+
+
+def test_causal_distillation_uses_the_teachers_tokenizer(recipe_factory):
+    recipe = recipe_factory(distillation={"teacher": "smollm2", "teacher_logits": "in_worker"})
+    with pytest.raises(RecipeError, match="remove the tokenizer section"):
+        parse_recipe(recipe)
+    del recipe["tokenizer"]
+    assert parse_recipe(recipe).distillation.teacher == "smollm2"
+    recipe["distillation"]["teacher_logits"] = "precomputed"
+    with pytest.raises(RecipeError, match="use 'in_worker'"):
+        parse_recipe(recipe)

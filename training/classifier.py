@@ -1,0 +1,101 @@
+"""Sequence classifiers: a pretrained encoder with a new head, and distillation students."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+
+from training.config import StudentConfig
+
+
+def _label_maps(label_names: list[str]) -> dict[str, Any]:
+    return {
+        "num_labels": len(label_names),
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+    }
+
+
+def classifier_from_pretrained(
+    base_dir: str | Path, label_names: list[str], dropout: float
+) -> PreTrainedModel:
+    """A pretrained encoder (any BERT-style directory) with a freshly initialised class head."""
+    config = AutoConfig.from_pretrained(base_dir, **_label_maps(label_names))
+    _set_dropout(config, dropout)
+    config.problem_type = "single_label_classification"
+    return AutoModelForSequenceClassification.from_pretrained(
+        base_dir, config=config, ignore_mismatched_sizes=True
+    )
+
+
+def default_student_layers(teacher_layers: int, student_layers: int) -> list[int]:
+    """Evenly spaced teacher layers ending with the last one: 6 -> 2 gives [2, 5]."""
+    if student_layers > teacher_layers:
+        raise ValueError(
+            f"student.num_layers ({student_layers}) exceeds the teacher's {teacher_layers} layers"
+        )
+    step = teacher_layers / student_layers
+    return [round((i + 1) * step) - 1 for i in range(student_layers)]
+
+
+def student_from_teacher(
+    teacher: PreTrainedModel, cfg: StudentConfig
+) -> tuple[PreTrainedModel, list[int]]:
+    """A smaller classifier for distillation, and the teacher layer each student layer mirrors.
+
+    `teacher_layers`: the teacher's embeddings, the chosen layers, pooler and head are copied, so
+    the student starts close to the teacher. `scratch`: a fresh encoder of the given width with
+    the teacher's vocabulary and labels.
+    """
+    t_config = teacher.config
+    if cfg.init == "scratch":
+        config = copy.deepcopy(t_config)
+        hidden = cfg.hidden_size or t_config.hidden_size
+        config.hidden_size = hidden
+        config.num_hidden_layers = cfg.num_layers
+        config.num_attention_heads = cfg.num_heads or t_config.num_attention_heads
+        config.intermediate_size = cfg.intermediate_size or 4 * hidden
+        if hidden % config.num_attention_heads:
+            raise ValueError(
+                f"student.hidden_size ({hidden}) must be a multiple of student.num_heads "
+                f"({config.num_attention_heads})"
+            )
+        layers = default_student_layers(t_config.num_hidden_layers, cfg.num_layers)
+        return AutoModelForSequenceClassification.from_config(config), layers
+
+    layers = cfg.layers or default_student_layers(t_config.num_hidden_layers, cfg.num_layers)
+    if any(not 0 <= i < t_config.num_hidden_layers for i in layers):
+        raise ValueError(
+            f"student.layers {layers}: the teacher has layers 0..{t_config.num_hidden_layers - 1}"
+        )
+    config = copy.deepcopy(t_config)
+    config.num_hidden_layers = len(layers)
+    student = AutoModelForSequenceClassification.from_config(config)
+    student.load_state_dict(_select_layers(teacher.state_dict(), layers))
+    return student, layers
+
+
+def _select_layers(state: dict[str, torch.Tensor], layers: list[int]) -> dict[str, torch.Tensor]:
+    """Teacher weights renamed for the student: layer `layers[i]` becomes layer i."""
+    keep = {str(t): str(i) for i, t in enumerate(layers)}
+    out = {}
+    for name, tensor in state.items():
+        parts = name.split(".")
+        if "layer" in parts:
+            at = parts.index("layer") + 1
+            if at < len(parts) and parts[at].isdigit():
+                if parts[at] not in keep:
+                    continue
+                parts[at] = keep[parts[at]]
+        out[".".join(parts)] = tensor.clone()
+    return out
+
+
+def _set_dropout(config: Any, dropout: float) -> None:
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+        if hasattr(config, key) or key == "classifier_dropout":
+            setattr(config, key, dropout)

@@ -1,0 +1,359 @@
+"""The fine-tuning and distillation driver for sequence classifiers.
+
+labeled data -> de-duplicated stratified splits -> tokenized Ray datasets (and, for distillation
+with precomputed soft targets, teacher logits from Ray Data batch inference) -> TorchTrainer ->
+the best checkpoint by the validation metric -> export -> test-split report saved with the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.config import DistillConfig, FinetuneConfig
+from training.storage import MANIFEST, join, publish_directory
+
+ClassifierJob = FinetuneConfig | DistillConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneResult:
+    run_dir: str
+    """Where the run keeps checkpoints and its export."""
+    model_dir: str
+    """The exported Hugging Face directory (with `fmstack.json` and the test report)."""
+    checkpoint: str
+    """The checkpoint that was exported: the best by the validation metric."""
+    metrics: dict[str, Any]
+    """Test-split metrics of the exported model, plus the best validation metrics."""
+    report: str
+    """The test-split classification report, as printed."""
+
+
+def job_name(cfg: ClassifierJob) -> str:
+    return "distill" if isinstance(cfg, DistillConfig) else "finetune"
+
+
+def source_model(cfg: ClassifierJob) -> str:
+    """The model the job starts from: the base encoder, or the distillation teacher."""
+    return cfg.distillation.teacher if isinstance(cfg, DistillConfig) else cfg.model.base
+
+
+def precomputed_teacher(cfg: ClassifierJob) -> bool:
+    return (
+        isinstance(cfg, DistillConfig)
+        and cfg.distillation.alpha > 0
+        and cfg.distillation.teacher_logits == "precomputed"
+    )
+
+
+def preflight(cfg: ClassifierJob) -> Path:
+    """Checks that need no Ray: the data source exists and the start model resolves."""
+    from training.inference import resolve_model_dir
+    from training.labeled import check_labeled_source
+
+    check_labeled_source(cfg.data.source)
+    return resolve_model_dir(source_model(cfg))
+
+
+def run_finetune(
+    cfg: ClassifierJob, address: str | None = None, origin: dict[str, Any] | None = None
+) -> FinetuneResult:
+    """Fine-tune (or distill) a classifier to completion, export the best checkpoint, and
+    evaluate it on the test split. `origin` describes where the start model came from (e.g. the
+    registry version of a teacher) for the manifest's lineage."""
+    start_dir = preflight(cfg)
+    from training.pretrain import ensure_ray, storage_root
+
+    ensure_ray(address, cfg)
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from transformers import AutoTokenizer
+
+    from training.classifier_loop import classifier_loop_per_worker
+    from training.data import configure_ray_data
+    from training.labeled import (
+        label_names_for,
+        labeled_fingerprint,
+        prepare_splits,
+        read_labeled,
+    )
+    from training.sharding import EqualSplit
+
+    configure_ray_data()
+    job = job_name(cfg)
+    frame = read_labeled(cfg.data.source)
+    label_names = label_names_for(frame["label"], cfg.data.source.kind)
+    splits = prepare_splits(
+        frame,
+        label_names,
+        validation_fraction=cfg.data.validation_fraction,
+        test_fraction=cfg.data.test_fraction,
+        max_examples=cfg.data.max_examples,
+        seed=cfg.train.seed,
+    )
+    print(f"data: {splits.summary()}", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(start_dir)
+    # Small enough to shuffle here; a Ray shuffle costs more than the data.
+    shuffled = splits.train.sample(frac=1.0, random_state=cfg.train.seed)
+    train_ds = tokenized_dataset(shuffled, tokenizer, cfg.data.max_length)
+    val_ds = tokenized_dataset(splits.validation, tokenizer, cfg.data.max_length)
+    if precomputed_teacher(cfg):
+        train_ds = with_teacher_logits(train_ds, start_dir, cfg.train.micro_batch_size)
+    train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
+
+    steps_per_epoch = max(1, len(splits.train) // cfg.train.global_batch_size)
+    max_steps = math.ceil(cfg.train.epochs * steps_per_epoch)
+    if cfg.train.max_steps:
+        max_steps = min(max_steps, cfg.train.max_steps)
+    eval_every = cfg.train.eval_every or steps_per_epoch
+    root = storage_root(cfg)
+    run_dir = join(root, cfg.checkpoint.run_name)
+    lower_is_better = cfg.train.metric == "validation_loss"
+    loop_config: dict[str, Any] = {
+        "job": job,
+        "recipe": cfg.model_dump(mode="json"),
+        "label_names": label_names,
+        "max_steps": max_steps,
+        "eval_every": eval_every,
+        "base_dir" if job == "finetune" else "teacher_dir": str(start_dir),
+    }
+    trainer = TorchTrainer(
+        classifier_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.checkpoint.run_name,
+            storage_path=root,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.checkpoint.num_to_keep,
+                checkpoint_score_attribute=cfg.train.metric,
+                checkpoint_score_order="min" if lower_is_better else "max",
+            ),
+        ),
+        datasets={"train": train_ds, "validation": val_ds},
+        dataset_config=EqualSplit(
+            {"train": train_ds, "validation": val_ds}, cfg.scaling.num_workers
+        ),
+    )
+    result = trainer.fit()
+    scored = [(c, m) for c, m in result.best_checkpoints or [] if cfg.train.metric in m]
+    if not scored:
+        raise RuntimeError(f"{job} run {run_dir} reported no checkpoint with validation metrics")
+    best, best_metrics = (min if lower_is_better else max)(
+        scored, key=lambda cm: (cm[1][cfg.train.metric], -cm[1]["step"])
+    )
+    print(
+        f"best checkpoint: step {best_metrics['step']} ({cfg.train.metric} "
+        f"{best_metrics[cfg.train.metric]:.4f})",
+        flush=True,
+    )
+    export_uri = join(run_dir, "model")
+    manifest_lineage = {
+        **_start_lineage(cfg, start_dir, origin),
+        "dataset": {
+            "source": cfg.data.source.model_dump(mode="json"),
+            "sha256": labeled_fingerprint(cfg.data, cfg.train.seed),
+            "splits": {
+                "train": len(splits.train),
+                "validation": len(splits.validation),
+                "test": len(splits.test),
+            },
+        },
+        "run": {"name": cfg.checkpoint.run_name, "dir": run_dir, "checkpoint": best.path},
+    }
+    with best.as_directory() as ckpt_dir:
+        metrics, report = export_classifier(
+            cfg,
+            Path(ckpt_dir),
+            start_dir,
+            label_names,
+            splits.test,
+            export_uri,
+            manifest_lineage,
+            {k: v for k, v in best_metrics.items() if isinstance(v, int | float)},
+        )
+    return FinetuneResult(run_dir, export_uri, best.path, metrics, report)
+
+
+# ---------------------------------------------------------------- data
+
+
+def tokenized_dataset(frame: Any, tokenizer: Any, max_length: int) -> Any:
+    """A Ray dataset of fixed-length rows: input_ids, attention_mask (padded) and label."""
+    import ray.data
+
+    enc = tokenizer(
+        frame["text"].tolist(),
+        truncation=True,
+        max_length=max_length,
+        padding="max_length",
+        return_tensors="np",
+    )
+    return ray.data.from_items(
+        [
+            {"input_ids": ids, "attention_mask": mask, "label": int(label)}
+            for ids, mask, label in zip(
+                enc["input_ids"].astype(np.int32),
+                enc["attention_mask"].astype(np.int8),
+                frame["label"].tolist(),
+                strict=True,
+            )
+        ]
+    )
+
+
+class TeacherLogits:
+    """Ray Data batch inference: the frozen teacher's logits for each training example.
+
+    Computed once before training, so that the workers' steps cost only the student's forward
+    and backward passes, for every epoch.
+    """
+
+    def __init__(self, model_dir: str) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "0")) or 2))
+        self.torch = torch
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from training.classifier_loop import trim_padding
+
+        with self.torch.no_grad():
+            inputs = trim_padding(
+                {k: self.torch.as_tensor(batch[k]) for k in ("input_ids", "attention_mask")}
+            )
+            logits = self.model(**inputs).logits.float().numpy()
+        return {**batch, "teacher_logits": logits}
+
+
+def with_teacher_logits(ds: Any, teacher_dir: Path, batch_size: int) -> Any:
+    cpus = max(1, (os.cpu_count() or 2))
+    return ds.map_batches(
+        TeacherLogits,
+        fn_constructor_kwargs={"model_dir": str(teacher_dir)},
+        batch_size=max(32, batch_size),
+        batch_format="numpy",
+        concurrency=1,
+        num_cpus=cpus,
+    )
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_classifier(
+    cfg: ClassifierJob,
+    checkpoint_dir: Path,
+    start_dir: Path,
+    label_names: list[str],
+    test: Any,
+    export_uri: str,
+    lineage: dict[str, Any],
+    validation: dict[str, float],
+) -> tuple[dict[str, Any], str]:
+    """Consolidate a checkpoint into a Hugging Face classifier, evaluate it on the test split,
+    and publish it with its report. Returns the manifest metrics and the printed report."""
+    import time
+
+    import torch
+    import transformers
+    from transformers import AutoTokenizer
+
+    from training.checkpoint import consolidated_state_dict, load_weights, write_export
+    from training.evaluation import format_classification_report, format_confusion_matrix
+    from training.inference import LoadedModel, evaluate_classifier
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    model = build_classifier(cfg, start_dir, label_names)
+    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed narrates the consolidation
+        load_weights(model, consolidated_state_dict(checkpoint_dir))
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(start_dir)
+    torch.set_num_threads(os.cpu_count() or 1)
+    loaded = LoadedModel(model, tokenizer, "classification", label_names, {}, start_dir)
+    evaluation = evaluate_classifier(
+        loaded, test["text"].tolist(), test["label"].tolist(), max_length=cfg.data.max_length
+    )
+    report = format_classification_report(evaluation["report"])
+    confusion = format_confusion_matrix(evaluation["confusion_matrix"], label_names)
+    metrics = {
+        **evaluation["metrics"],  # test split
+        "validation_loss": validation["validation_loss"],
+        "validation_accuracy": validation["accuracy"],
+        "validation_macro_f1": validation["macro_f1"],
+        "best_step": validation["step"],
+    }
+    manifest = {
+        "task": "classification",
+        "architecture": model.config.model_type,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "label_names": label_names,
+        "max_length": cfg.data.max_length,
+        "metrics": metrics,
+        "evaluation": {"split": "test", "examples": evaluation["examples"]},
+        "lineage": lineage,
+        "recipe": cfg.model_dump(mode="json"),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    extra = {
+        "evaluation.json": json.dumps(evaluation, indent=2),
+        "classification_report.txt": f"{report}\n\nconfusion matrix (rows: true)\n{confusion}\n",
+    }
+    with tempfile.TemporaryDirectory(prefix="fmstack-export-") as tmp:
+        write_export(Path(tmp), model, tokenizer, manifest, extra)
+        publish_directory(Path(tmp), export_uri, manifest_last=MANIFEST)
+    print(f"\ntest split ({evaluation['examples']} examples):\n{report}\n\n{confusion}", flush=True)
+    print(f"exported model to {export_uri}", flush=True)
+    return metrics, report
+
+
+def build_classifier(cfg: ClassifierJob, start_dir: Path, label_names: list[str]) -> Any:
+    """The architecture the workers trained (its weights are replaced by the checkpoint's)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from training.classifier import classifier_from_pretrained, student_from_teacher
+
+    if isinstance(cfg, FinetuneConfig):
+        return classifier_from_pretrained(start_dir, label_names, cfg.model.dropout)
+    teacher = AutoModelForSequenceClassification.from_pretrained(start_dir)
+    student, _ = student_from_teacher(teacher, cfg.student)
+    return student
+
+
+def _start_lineage(
+    cfg: ClassifierJob, start_dir: Path, origin: dict[str, Any] | None
+) -> dict[str, Any]:
+    parent: dict[str, Any] = {"ref": source_model(cfg), "path": str(start_dir), **(origin or {})}
+    manifest_path = start_dir / MANIFEST
+    if manifest_path.is_file():
+        parent_manifest = json.loads(manifest_path.read_text())
+        parent |= {
+            "task": parent_manifest.get("task"),
+            "metrics": parent_manifest.get("metrics", {}),
+            "run": parent_manifest.get("lineage", {}).get("run"),
+        }
+        if isinstance(cfg, DistillConfig):
+            # The student descends from the teacher's own base model.
+            return {"teacher": parent, "base_model": parent_manifest["lineage"].get("base_model")}
+    if isinstance(cfg, DistillConfig):
+        return {"teacher": parent, "base_model": None}
+    return {"base_model": parent, "teacher": None}

@@ -1,0 +1,189 @@
+"""Loading exported models for inference: the one function evaluation and serving share.
+
+`load_model` takes an fmstack export (or any plain Hugging Face directory, or a packaged model's
+name), verifies the export's checksums, and returns the model in eval mode with its tokenizer,
+task and label names. `classify` and `evaluate_classifier` run it on texts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.assets import PACKAGED_MODELS, require
+from training.storage import MANIFEST, is_uri, local_copy
+
+_TASK_CLASSES = {
+    "classification": "AutoModelForSequenceClassification",
+    "causal_lm": "AutoModelForCausalLM",
+    "masked_lm": "AutoModelForMaskedLM",
+    "encoder": "AutoModel",
+}
+
+
+def resolve_model_dir(ref: str) -> Path:
+    """A local directory for a packaged model's name, a directory, or an s3://, gs:// URI."""
+    if ref in PACKAGED_MODELS and not Path(ref).exists():
+        return require(PACKAGED_MODELS[ref], f"the packaged model '{ref}'")
+    if is_uri(ref):
+        return local_copy(ref)
+    path = Path(ref).expanduser()
+    if not (path / "config.json").is_file():
+        names = ", ".join(k for k in PACKAGED_MODELS if "gguf" not in k)
+        raise FileNotFoundError(
+            f"{ref} is not a model directory (no config.json); give an exported model's "
+            f"directory or URI, or a packaged model ({names})"
+        )
+    return path
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready for inference, with what its export says about it."""
+
+    model: Any
+    tokenizer: Any
+    task: str
+    """`classification`, `causal_lm`, `masked_lm` or `encoder`."""
+    label_names: list[str]
+    """Class names by index (classification), else empty."""
+    manifest: dict[str, Any]
+    """The export's `fmstack.json` (empty for a plain Hugging Face directory)."""
+    path: Path
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def infer_task(config: Any) -> str:
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if "SequenceClassification" in archs:
+        return "classification"
+    if "CausalLM" in archs or "LMHead" in archs:
+        return "causal_lm"
+    if "MaskedLM" in archs:
+        return "masked_lm"
+    return "encoder"
+
+
+def load_model(
+    ref: str | Path, *, verify: bool = True, dtype: torch.dtype | None = None
+) -> LoadedModel:
+    """Load a model for inference; an export's file checksums are checked first."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    from training.checkpoint import read_manifest, verify_files
+
+    path = resolve_model_dir(str(ref))
+    manifest: dict[str, Any] = {}
+    if (path / MANIFEST).is_file():
+        manifest = read_manifest(path)
+        if verify:
+            verify_files(path)
+    config = AutoConfig.from_pretrained(path)
+    task = manifest.get("task") or infer_task(config)
+    cls = getattr(transformers, _TASK_CLASSES.get(task, "AutoModel"))
+    model = cls.from_pretrained(path, dtype=dtype) if dtype else cls.from_pretrained(path)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    labels = manifest.get("label_names")
+    if labels is None and task == "classification":
+        id2label = config.id2label or {}
+        labels = [id2label[i] for i in sorted(id2label)]
+    return LoadedModel(model, tokenizer, task, list(labels or []), manifest, path)
+
+
+# ---------------------------------------------------------------- classification
+
+
+@torch.no_grad()
+def classify(
+    loaded: LoadedModel, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 128
+) -> np.ndarray:
+    """Class probabilities, shape [len(texts), classes]."""
+    if loaded.task != "classification":
+        raise ValueError(f"{loaded.path} is a {loaded.task} model, not a classifier")
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = loaded.tokenizer(
+            list(texts[start : start + batch_size]),
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        logits = loaded.model(**enc).logits.float()
+        out.append(torch.softmax(logits, -1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(loaded.label_names)))
+
+
+def evaluate_classifier(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    *,
+    batch_size: int = 64,
+    max_length: int = 128,
+) -> dict[str, Any]:
+    """Classification report, confusion matrix and flat metrics for labeled texts."""
+    from training.evaluation import (
+        classification_metrics,
+        classification_report,
+        confusion_matrix,
+    )
+
+    probs = classify(loaded, texts, batch_size=batch_size, max_length=max_length)
+    predictions = probs.argmax(-1).tolist()
+    truth = [int(x) for x in labels]
+    report = classification_report(truth, predictions, loaded.label_names)
+    return {
+        "examples": len(truth),
+        "report": report,
+        "confusion_matrix": confusion_matrix(truth, predictions, len(loaded.label_names)),
+        "metrics": classification_metrics(report),
+    }
+
+
+def measure_latency(
+    loaded: LoadedModel,
+    texts: Sequence[str],
+    *,
+    batch_size: int,
+    max_length: int = 128,
+    batches: int = 20,
+    warmup: int = 3,
+) -> dict[str, float]:
+    """Forward-pass latency percentiles (ms) and throughput (examples/s) at a batch size.
+
+    Batches cycle through `texts`; the caller fixes the thread count, so that two models are
+    measured under the same conditions.
+    """
+    if not texts:
+        raise ValueError("measure_latency needs at least one text")
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + batches):
+            chunk = [texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)]
+            enc = loaded.tokenizer(
+                chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            )
+            start = time.perf_counter()
+            loaded.model(**enc)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    times_ms = sorted(t * 1000 for t in times)
+    return {
+        "batch_size": batch_size,
+        "p50_ms": statistics.median(times_ms),
+        "p95_ms": times_ms[min(len(times_ms) - 1, int(round(0.95 * (len(times_ms) - 1))))],
+        "examples_per_second": batch_size * len(times) / sum(times),
+    }
