@@ -3,11 +3,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-DEMO_RECIPE ?= configs/pretrain/gpt2-demo.yaml
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration lint format bench clean
+.PHONY: help setup demo test test-unit test-integration lint format bench bench-distill clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -15,8 +14,8 @@ help: ## List the targets
 setup: ## Create the venv, install torch then fmstack, fetch data and weights (idempotent)
 	@scripts/setup.sh
 
-demo: setup ## The main job: pretrain the demo model on an embedded local Ray
-	$(VENV)/bin/fmstack pretrain --config $(DEMO_RECIPE)
+demo: ## The main job on an embedded local Ray: pretrain, fine-tune, distill, register, evaluate
+	@scripts/demo.sh
 
 test: setup ## Set up, then run every test tier (unit, integration, e2e)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -38,6 +37,9 @@ format: ## Apply ruff's formatting and safe fixes
 
 bench: setup ## Benchmarks side by side with plain baselines (quick size)
 	$(PY) -m benchmarks.pretrain --size quick
+
+bench-distill: setup ## Distilled student vs teacher, int8 and labels-only baseline (registry models)
+	$(PY) -m benchmarks.distill --teacher models:/sentiment@candidate --student models:/sentiment-student@candidate --baseline models:/sentiment-student-labels-only@candidate
 
 clean: ## Remove local runs and caches (keeps the venv and the data cache)
 	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

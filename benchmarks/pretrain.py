@@ -353,7 +353,7 @@ def model_facts(cfg: PretrainConfig, with_blocks: bool) -> ModelFacts:
 
     documents = read_documents(cfg.data)
     run_dir = join(storage_root(cfg), cfg.checkpoint.run_name)
-    tokenizer_dir = str(local_copy(prepare_tokenizer(cfg, documents, run_dir)))
+    tokenizer_dir = str(local_copy(prepare_tokenizer(cfg.tokenizer_config, documents, run_dir)))
     tokenizer = load_tokenizer(tokenizer_dir)
     hf_config = model_config(cfg.model, tokenizer, cfg.data.seq_len)
     with torch.device("meta"):
