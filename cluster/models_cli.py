@@ -84,6 +84,22 @@ def _compact(value: Any, limit: int = 8) -> str:
     return ", ".join(items[:limit]) + (f", ... ({more} more)" if more > 0 else "") or "-"
 
 
+def _parent(entry: Any) -> str:
+    """A base model or teacher: its registry version (if it came from one), where it was loaded
+    from, and its headline metrics."""
+    if not isinstance(entry, Mapping):
+        return _compact(entry)
+    registry = entry.get("registry")
+    parts = [str(registry["version"])] if isinstance(registry, Mapping) else []
+    parts.append(str(entry.get("path") or entry.get("ref") or "-"))
+    metrics = entry.get("metrics")
+    if isinstance(metrics, Mapping):
+        headline = {k: metrics[k] for k in ("accuracy", "macro_f1") if k in metrics}
+        if headline:
+            parts.append(_compact(headline))
+    return ", ".join(parts)
+
+
 def _field(label: str, value: str) -> None:
     console.print(f"  [bold]{label + ':':<12}[/bold] {escape(value)}", highlight=False)
 
@@ -176,8 +192,8 @@ def show(
     _field("registered", f"{_when(version.registered_at)} from {version.source}")
     _field("metrics", ", ".join(f"{k} {_number(v)}" for k, v in version.metrics.items()) or "-")
     lineage = manifest.get("lineage") or {}
-    _field("base model", _compact(lineage.get("base_model")))
-    _field("teacher", _compact(lineage.get("teacher")))
+    _field("base model", _parent(lineage.get("base_model")))
+    _field("teacher", _parent(lineage.get("teacher")))
     dataset = lineage.get("dataset")
     if isinstance(dataset, Mapping):
         digest = str(dataset.get("sha256") or "-")
