@@ -97,7 +97,7 @@ def held_out_split(
     that every model is a classifier predicting that data's labels; `max_examples` keeps the
     first rows only."""
     from training import LabeledDataConfig
-    from training.labeled import label_names_for, prepare_splits, read_labeled
+    from training.labeled import load_splits
 
     for ref, model in zip(refs, models, strict=True):
         if model.task != "classification":
@@ -106,20 +106,12 @@ def held_out_split(
     if "data" not in recipe:
         raise EvalError(f"{refs[0]} has no data recipe in its fmstack.json to rebuild the split")
     data = LabeledDataConfig.model_validate(recipe["data"])
-    frame = read_labeled(data.source)
-    names = label_names_for(frame["label"], data.source.kind)
+    seed = recipe.get("train", {}).get("seed", 0)
+    splits = load_splits(data, seed)
+    names = splits.label_names
     for ref, model in zip(refs, models, strict=True):
         if model.label_names != names:
             raise EvalError(f"{ref} predicts {model.label_names}, but the data has {names}")
-    seed = recipe.get("train", {}).get("seed", 0)
-    splits = prepare_splits(
-        frame,
-        names,
-        validation_fraction=data.validation_fraction,
-        test_fraction=data.test_fraction,
-        max_examples=data.max_examples,
-        seed=seed,
-    )
     rows = getattr(splits, split)
     if max_examples:
         rows = rows.head(max_examples)

@@ -18,9 +18,9 @@ from training.classifier import classifier_from_pretrained, student_from_teacher
 from training.config import DistillConfig, FinetuneConfig
 from training.hardware import fast_bf16
 from training.loop import (
-    InjectedFailure,
     build_engine,
     configure_process,
+    fail_if_rehearsing,
     format_duration,
     mean_across_ranks,
     micro_batches,
@@ -97,14 +97,7 @@ def classifier_loop_per_worker(loop_config: dict[str, Any]) -> None:
             continue
         state.step = engine.global_steps
         window.add(1, 0)
-        if (
-            cfg.train.fail_once_at_step == state.step
-            and state.resumed_from_step is None
-            and rank == 0
-        ):
-            raise InjectedFailure(
-                f"injected failure at step {state.step} (train.fail_once_at_step)"
-            )
+        fail_if_rehearsing(cfg.train.fail_once_at_step, state, rank)
 
         if state.step % cfg.train.log_every == 0 or state.step == max_steps:
             train_loss = mean_across_ranks(loss_sum, loss_count)

@@ -184,28 +184,33 @@ class ScalingConfig(_Config):
     """Intra-op threads per worker (default: `cpus_per_worker`)."""
 
 
-class TrainConfig(_Config):
+class BatchConfig(_Config):
+    """What every training job's `train` section has."""
+
     micro_batch_size: int = Field(ge=1)
-    """Sequences per worker per forward pass."""
+    """Sequences (or examples) per worker per forward pass."""
     global_batch_size: int = Field(ge=1)
     """Sequences per optimizer step across all workers; gradient accumulation is derived."""
-    max_steps: int = Field(ge=1)
-    """Optimizer steps to train for."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """bf16 (with fp32 master weights) or fp32; auto picks bf16 where the device has fast bf16
     math (GPUs, CPUs with AMX or AVX512-BF16) and ZeRO stage >= 1, else fp32."""
     seed: int = 0
-    """Seed for initialisation, masking and data order."""
+    """Seed for initialisation, sampling, masking, splits and data order."""
     log_every: int = Field(default=10, ge=1)
     """Steps between progress lines and metric reports."""
+    fail_once_at_step: int | None = Field(default=None, ge=1)
+    """Crash rank 0 once at this step of a fresh run, to rehearse recovery from a checkpoint."""
+
+
+class TrainConfig(BatchConfig):
+    max_steps: int = Field(ge=1)
+    """Optimizer steps to train for."""
     eval_every: int = Field(default=50, ge=1)
     """Steps between validation passes (one also runs before training and at the end)."""
     eval_batches: int = Field(default=20, ge=1)
     """Micro-batches per worker per validation pass."""
     mlm_probability: float = Field(default=0.15, gt=0, lt=1)
     """Share of tokens masked by the masked-LM objective."""
-    fail_once_at_step: int | None = Field(default=None, ge=1)
-    """Crash rank 0 once at this step of a fresh run, to rehearse recovery from a checkpoint."""
 
 
 class CheckpointConfig(_Config):
@@ -268,34 +273,21 @@ class DistillationConfig(_Config):
 # ---------------------------------------------------------------- the job
 
 
-class PretrainConfig(_Config):
-    objective: Literal["causal_lm", "masked_lm"]
-    """Next-token prediction (gpt2, llama) or masked-token prediction (bert)."""
-    model: ModelConfig
-    """Model architecture and size."""
-    tokenizer: TokenizerConfig | None = None
-    """Tokenizer to train or reuse (default: a byte-level BPE trained on the corpus); it is saved
-    with the model. A distilled student always uses its teacher's."""
-    data: DataConfig
-    """Training text and how it is packed."""
+class JobConfig(_Config):
+    """What every training job has: DeepSpeed, workers, batching, checkpoints, registration."""
+
     optimizer: OptimizerConfig = OptimizerConfig()
     """AdamW and learning-rate schedule."""
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     """ZeRO stage and offload."""
     scaling: ScalingConfig = ScalingConfig()
     """Workers and devices."""
-    train: TrainConfig
+    train: BatchConfig
     """Batching, length, precision and intervals."""
     checkpoint: CheckpointConfig
     """Checkpoints, export location and fault tolerance."""
-    distillation: DistillationConfig | None = None
-    """Causal-LM distillation: a frozen teacher in every worker adds a soft-target loss."""
     registry: RegistryConfig | None = None
     """Register the exported model in the model registry when the job ends."""
-
-    @property
-    def tokenizer_config(self) -> TokenizerConfig:
-        return self.tokenizer or TokenizerConfig()
 
     def resolved_precision(self, fast_bf16: bool) -> Literal["fp32", "bf16"]:
         """The precision a worker uses, given whether its device has fast bf16 math."""
@@ -310,6 +302,43 @@ class PretrainConfig(_Config):
         )
 
     @model_validator(mode="after")
+    def _batch_and_precision(self) -> JobConfig:
+        per_step = self.train.micro_batch_size * self.scaling.num_workers
+        if self.train.global_batch_size % per_step:
+            lower = max(per_step, self.train.global_batch_size // per_step * per_step)
+            raise ValueError(
+                f"train.global_batch_size ({self.train.global_batch_size}) must be a multiple of "
+                f"train.micro_batch_size x scaling.num_workers ({per_step}); try {lower} or "
+                f"{lower + per_step}"
+            )
+        if self.train.precision == "bf16" and self.deepspeed.zero_stage == 0:
+            raise ValueError(
+                "train.precision bf16 needs deepspeed.zero_stage 1, 2 or 3 (they keep fp32 "
+                "master weights); raise zero_stage or use precision fp32"
+            )
+        return self
+
+
+class PretrainConfig(JobConfig):
+    objective: Literal["causal_lm", "masked_lm"]
+    """Next-token prediction (gpt2, llama) or masked-token prediction (bert)."""
+    model: ModelConfig
+    """Model architecture and size."""
+    tokenizer: TokenizerConfig | None = None
+    """Tokenizer to train or reuse (default: a byte-level BPE trained on the corpus); it is saved
+    with the model. A distilled student always uses its teacher's."""
+    data: DataConfig
+    """Training text and how it is packed."""
+    train: TrainConfig
+    """Batching, length, precision and intervals."""
+    distillation: DistillationConfig | None = None
+    """Causal-LM distillation: a frozen teacher in every worker adds a soft-target loss."""
+
+    @property
+    def tokenizer_config(self) -> TokenizerConfig:
+        return self.tokenizer or TokenizerConfig()
+
+    @model_validator(mode="after")
     def _cross_checks(self) -> PretrainConfig:
         causal = self.objective == "causal_lm"
         if causal != (self.model.arch in ("gpt2", "llama")):
@@ -320,15 +349,6 @@ class PretrainConfig(_Config):
             )
         if self.tokenizer_config.kind == "wordpiece" and causal:
             raise ValueError("tokenizer.kind 'wordpiece' is for masked_lm; use 'bpe' for causal_lm")
-        per_step = self.train.micro_batch_size * self.scaling.num_workers
-        if self.train.global_batch_size % per_step:
-            lower = max(per_step, self.train.global_batch_size // per_step * per_step)
-            raise ValueError(
-                f"train.global_batch_size ({self.train.global_batch_size}) must be a multiple of "
-                f"train.micro_batch_size x scaling.num_workers ({per_step}); try {lower} or "
-                f"{lower + per_step}"
-            )
-        _check_precision(self.train.precision, self.deepspeed.zero_stage)
         if self.distillation is not None:
             if not causal:
                 raise ValueError(
@@ -346,14 +366,6 @@ class PretrainConfig(_Config):
                     "logits over the whole vocabulary are too large to store); use 'in_worker'"
                 )
         return self
-
-
-def _check_precision(precision: str, zero_stage: int) -> None:
-    if precision == "bf16" and zero_stage == 0:
-        raise ValueError(
-            "train.precision bf16 needs deepspeed.zero_stage 1, 2 or 3 (they keep fp32 master "
-            "weights); raise zero_stage or use precision fp32"
-        )
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -432,72 +444,28 @@ class StudentConfig(_Config):
         return self
 
 
-class FinetuneTrainConfig(_Config):
-    micro_batch_size: int = Field(ge=1)
-    """Examples per worker per forward pass."""
-    global_batch_size: int = Field(ge=1)
-    """Examples per optimizer step across all workers; gradient accumulation is derived."""
+class FinetuneTrainConfig(BatchConfig):
     epochs: float = Field(default=2.0, gt=0)
     """Passes over the training split (the step count is derived from it)."""
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimizer steps, if that comes before `epochs`."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """bf16 (fp32 master weights) or fp32; auto picks bf16 only on fast-bf16 devices."""
-    seed: int = 0
-    """Seed for initialisation, sampling, splits and data order."""
-    log_every: int = Field(default=10, ge=1)
-    """Steps between progress lines and metric reports."""
     eval_every: int | None = Field(default=None, ge=1)
     """Steps between validation passes and checkpoints (default: once per epoch)."""
     metric: Literal["accuracy", "macro_f1", "validation_loss"] = "accuracy"
     """Validation metric that picks the best checkpoint and drives early stopping."""
     early_stopping_patience: int | None = Field(default=None, ge=1)
     """Stop after this many validation passes without improvement; none disables it."""
-    fail_once_at_step: int | None = Field(default=None, ge=1)
-    """Crash rank 0 once at this step of a fresh run, to rehearse recovery from a checkpoint."""
 
 
-class _ClassifierJob(_Config):
+class _ClassifierJob(JobConfig):
     task: Literal["classification"] = "classification"
     """Sequence classification (one label per text)."""
     data: LabeledDataConfig
     """Labeled examples and how they are split."""
     optimizer: OptimizerConfig = OptimizerConfig(lr=5e-5, betas=(0.9, 0.999), warmup_steps=10)
     """AdamW and learning-rate schedule."""
-    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
-    """ZeRO stage and offload."""
-    scaling: ScalingConfig = ScalingConfig()
-    """Workers and devices."""
     train: FinetuneTrainConfig
     """Batching, epochs, precision, evaluation and early stopping."""
-    checkpoint: CheckpointConfig
-    """Checkpoints, export location and fault tolerance."""
-    registry: RegistryConfig | None = None
-    """Register the exported model in the model registry when the job ends."""
-
-    def resolved_precision(self, fast_bf16: bool) -> Literal["fp32", "bf16"]:
-        if self.train.precision != "auto":
-            return self.train.precision
-        return "bf16" if fast_bf16 and self.deepspeed.zero_stage >= 1 else "fp32"
-
-    @property
-    def grad_accum_steps(self) -> int:
-        return self.train.global_batch_size // (
-            self.train.micro_batch_size * self.scaling.num_workers
-        )
-
-    @model_validator(mode="after")
-    def _batch_divides(self) -> _ClassifierJob:
-        per_step = self.train.micro_batch_size * self.scaling.num_workers
-        if self.train.global_batch_size % per_step:
-            lower = max(per_step, self.train.global_batch_size // per_step * per_step)
-            raise ValueError(
-                f"train.global_batch_size ({self.train.global_batch_size}) must be a multiple of "
-                f"train.micro_batch_size x scaling.num_workers ({per_step}); try {lower} or "
-                f"{lower + per_step}"
-            )
-        _check_precision(self.train.precision, self.deepspeed.zero_stage)
-        return self
 
 
 class FinetuneConfig(_ClassifierJob):

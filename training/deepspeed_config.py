@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.config import DistillConfig, FinetuneConfig, PretrainConfig
+from training.config import JobConfig
 
 
-def deepspeed_config(
-    cfg: PretrainConfig | FinetuneConfig | DistillConfig, precision: str, hidden: int
-) -> dict[str, Any]:
+def deepspeed_config(cfg: JobConfig, precision: str, hidden: int) -> dict[str, Any]:
     """DeepSpeed's JSON config for a recipe at a resolved precision (`fp32` or `bf16`), for a
     model of width `hidden`.
 

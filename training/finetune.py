@@ -72,35 +72,20 @@ def run_finetune(
     evaluate it on the test split. `origin` describes where the start model came from (e.g. the
     registry version of a teacher) for the manifest's lineage."""
     start_dir = preflight(cfg)
-    from training.pretrain import ensure_ray, storage_root
+    from training.pretrain import build_trainer, ensure_ray, storage_root
 
     ensure_ray(address, cfg)
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
     from transformers import AutoTokenizer
 
     from training.classifier_loop import classifier_loop_per_worker
     from training.data import configure_ray_data
-    from training.labeled import (
-        label_names_for,
-        labeled_fingerprint,
-        prepare_splits,
-        read_labeled,
-    )
-    from training.sharding import EqualSplit
+    from training.labeled import labeled_fingerprint, load_splits
 
     configure_ray_data()
     job = job_name(cfg)
-    frame = read_labeled(cfg.data.source)
-    label_names = label_names_for(frame["label"], cfg.data.source.kind)
-    splits = prepare_splits(
-        frame,
-        label_names,
-        validation_fraction=cfg.data.validation_fraction,
-        test_fraction=cfg.data.test_fraction,
-        max_examples=cfg.data.max_examples,
-        seed=cfg.train.seed,
-    )
+    splits = load_splits(cfg.data, cfg.train.seed)
+    label_names = splits.label_names
     print(f"data: {splits.summary()}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(start_dir)
     # Small enough to shuffle here; a Ray shuffle costs more than the data.
@@ -127,28 +112,15 @@ def run_finetune(
         "eval_every": eval_every,
         "base_dir" if job == "finetune" else "teacher_dir": str(start_dir),
     }
-    trainer = TorchTrainer(
+    trainer = build_trainer(
         classifier_loop_per_worker,
-        train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=cfg.checkpoint.run_name,
-            storage_path=root,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.checkpoint.num_to_keep,
-                checkpoint_score_attribute=cfg.train.metric,
-                checkpoint_score_order="min" if lower_is_better else "max",
-            ),
-        ),
-        datasets={"train": train_ds, "validation": val_ds},
-        dataset_config=EqualSplit(
-            {"train": train_ds, "validation": val_ds}, cfg.scaling.num_workers
+        loop_config,
+        cfg,
+        {"train": train_ds, "validation": val_ds},
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=cfg.checkpoint.num_to_keep,
+            checkpoint_score_attribute=cfg.train.metric,
+            checkpoint_score_order="min" if lower_is_better else "max",
         ),
     )
     result = trainer.fit()

@@ -32,6 +32,7 @@ __all__ = [
     "check_labeled_source",
     "label_names_for",
     "labeled_fingerprint",
+    "load_splits",
     "prepare_splits",
     "read_labeled",
 ]
@@ -265,6 +266,19 @@ def prepare_splits(
             )
         frames[name] = split[[TEXT, LABEL]].reset_index(drop=True)
     return LabeledSplits(label_names=list(label_names), **frames)
+
+
+def load_splits(data: LabeledDataConfig, seed: int) -> LabeledSplits:
+    """Read a recipe's labeled source and split it exactly as its job did."""
+    frame = read_labeled(data.source)
+    return prepare_splits(
+        frame,
+        label_names_for(frame[LABEL], data.source.kind),
+        validation_fraction=data.validation_fraction,
+        test_fraction=data.test_fraction,
+        max_examples=data.max_examples,
+        seed=seed,
+    )
 
 
 # ---------------------------------------------------------------- lineage

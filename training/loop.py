@@ -28,7 +28,7 @@ from training.checkpoint import (
     save_checkpoint,
     write_export,
 )
-from training.config import DistillConfig, FinetuneConfig, PretrainConfig
+from training.config import JobConfig, PretrainConfig
 from training.data import configure_ray_data
 from training.deepspeed_config import deepspeed_config
 from training.hardware import fast_bf16
@@ -117,14 +117,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state.step = engine.global_steps
         window.add(1, 0)
 
-        if (
-            cfg.train.fail_once_at_step == state.step
-            and state.resumed_from_step is None
-            and rank == 0
-        ):
-            raise InjectedFailure(
-                f"injected failure at step {state.step} (train.fail_once_at_step)"
-            )
+        fail_if_rehearsing(cfg.train.fail_once_at_step, state, rank)
         if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
             train_loss = mean_across_ranks(loss_sum, loss_count)
             rates = window.rates(flops_tok)
@@ -174,7 +167,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- builders
 
 
-def configure_process(cfg: PretrainConfig | FinetuneConfig | DistillConfig) -> None:
+def configure_process(cfg: JobConfig) -> None:
     # DeepSpeed picks its accelerator on first use; CPU workers must not probe for CUDA.
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
     # DeepSpeed still calls collectives that torch has renamed; one warning per call floods logs.
@@ -190,7 +183,7 @@ def configure_process(cfg: PretrainConfig | FinetuneConfig | DistillConfig) -> N
 
 def build_engine(
     model: torch.nn.Module,
-    cfg: PretrainConfig | FinetuneConfig | DistillConfig,
+    cfg: JobConfig,
     precision: str,
     max_steps: int,
     hidden: int,
@@ -343,6 +336,12 @@ def export(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def fail_if_rehearsing(at_step: int | None, state: TrainerState, rank: int) -> None:
+    """`train.fail_once_at_step`: rank 0 crashes once, in a fresh run, to rehearse recovery."""
+    if at_step == state.step and state.resumed_from_step is None and rank == 0:
+        raise InjectedFailure(f"injected failure at step {state.step} (train.fail_once_at_step)")
 
 
 def mean_across_ranks(total: float, count: int) -> float:

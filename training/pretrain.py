@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from training.config import DistillConfig, FinetuneConfig, PretrainConfig, TokenizerConfig
+from training.config import JobConfig, PretrainConfig, TokenizerConfig
 from training.data import (
     build_datasets,
     check_sources,
@@ -53,12 +54,12 @@ def preflight(cfg: PretrainConfig) -> Path | None:
     return None
 
 
-def storage_root(cfg: PretrainConfig | FinetuneConfig | DistillConfig) -> str:
+def storage_root(cfg: JobConfig) -> str:
     path = cfg.checkpoint.storage_path
     return path if is_uri(path) else str(Path(path).expanduser().resolve())
 
 
-def ensure_ray(address: str | None, cfg: PretrainConfig | FinetuneConfig | DistillConfig) -> None:
+def ensure_ray(address: str | None, cfg: JobConfig) -> None:
     """Connect to `address` (or `$RAY_ADDRESS`, set for Ray Jobs), else start a local Ray."""
     import ray
 
@@ -69,6 +70,40 @@ def ensure_ray(address: str | None, cfg: PretrainConfig | FinetuneConfig | Disti
         return
     needed = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999)
     ray.init(num_cpus=max(os.cpu_count() or 1, needed))
+
+
+def build_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    cfg: JobConfig,
+    datasets: dict[str, Any],
+    checkpoint_config: Any,
+) -> Any:
+    """A `TorchTrainer` for any fmstack job: the recipe's workers and devices, its run name and
+    storage (so a resubmission resumes), its failure budget; each worker reads an equal shard."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from training.sharding import EqualSplit
+
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.checkpoint.run_name,
+            storage_path=storage_root(cfg),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
+            checkpoint_config=checkpoint_config,
+        ),
+        datasets=datasets,
+        dataset_config=EqualSplit(datasets, cfg.scaling.num_workers),
+    )
 
 
 def prepare_tokenizer(cfg: TokenizerConfig, documents: Any, run_dir: str) -> str:
@@ -91,10 +126,8 @@ def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> Pretrain
         tokenizer_cfg = TokenizerConfig(kind="pretrained", path=str(teacher_dir))
     ensure_ray(address, cfg)
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from training.loop import train_loop_per_worker
-    from training.sharding import EqualSplit
 
     configure_ray_data()
     root = storage_root(cfg)
@@ -127,25 +160,12 @@ def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> Pretrain
             "run": {"name": cfg.checkpoint.run_name, "dir": run_dir},
         },
     }
-    trainer = TorchTrainer(
+    trainer = build_trainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=cfg.checkpoint.run_name,
-            storage_path=root,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.checkpoint.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
-        ),
-        datasets={"train": train_ds, "validation": val_ds},
-        dataset_config=EqualSplit(
-            {"train": train_ds, "validation": val_ds}, cfg.scaling.num_workers
-        ),
+        loop_config,
+        cfg,
+        {"train": train_ds, "validation": val_ds},
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
     )
     result = trainer.fit()
     return PretrainResult(

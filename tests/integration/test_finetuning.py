@@ -22,22 +22,9 @@ from training import (
     verify_files,
 )
 from training.evaluation import classification_report
-from training.labeled import label_names_for, prepare_splits, read_labeled
+from training.labeled import load_splits
 
 pytestmark = pytest.mark.integration
-
-
-def _test_split(cfg: FinetuneConfig | DistillConfig):
-    frame = read_labeled(cfg.data.source)
-    names = label_names_for(frame["label"], cfg.data.source.kind)
-    return prepare_splits(
-        frame,
-        names,
-        validation_fraction=cfg.data.validation_fraction,
-        test_fraction=cfg.data.test_fraction,
-        max_examples=cfg.data.max_examples,
-        seed=cfg.train.seed,
-    ).test
 
 
 def test_finetune_then_distill_a_classifier(ray_cluster, tiny_encoder, tmp_path):
@@ -54,7 +41,7 @@ def test_finetune_then_distill_a_classifier(ray_cluster, tiny_encoder, tmp_path)
     assert manifest["lineage"]["base_model"]["path"] == str(tiny_encoder)
     assert sum(manifest["lineage"]["dataset"]["splits"].values()) == 320
     loaded = load_model(teacher.model_dir)
-    test = _test_split(teacher_cfg)
+    test = load_splits(teacher_cfg.data, teacher_cfg.train.seed).test
     predictions = classify(loaded, test["text"].tolist(), max_length=32).argmax(-1).tolist()
     report = classification_report(test["label"].tolist(), predictions, loaded.label_names)
     saved = json.loads(Path(teacher.model_dir, "evaluation.json").read_text())
