@@ -210,7 +210,7 @@ class TeacherLogits:
 
         with self.torch.no_grad():
             inputs = trim_padding(
-                {k: self.torch.as_tensor(batch[k]) for k in ("input_ids", "attention_mask")}
+                {k: self.torch.tensor(batch[k]) for k in ("input_ids", "attention_mask")}
             )
             logits = self.model(**inputs).logits.float().numpy()
         return {**batch, "teacher_logits": logits}
