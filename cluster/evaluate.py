@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -35,6 +36,7 @@ def compare_models(
     console: Console,
 ) -> list[dict[str, Any]]:
     import torch
+    import transformers
 
     from training import load_model
     from training.evaluation import format_classification_report, format_confusion_matrix
@@ -43,6 +45,7 @@ def compare_models(
     if split not in ("test", "validation"):
         raise EvalError(f"--split {split}: use test or validation")
     torch.set_num_threads(threads)
+    transformers.utils.logging.disable_progress_bar()  # the tables are the output
     loaded = [load_model(handover.resolve_model(ref)) for ref in refs]
     held_out = held_out_split(refs, loaded, split, max_examples)
     data, names = held_out.data, held_out.label_names
@@ -120,21 +123,27 @@ def held_out_split(
 
 def comparison_table(results: list[dict[str, Any]]) -> Table:
     """One row per model; speed-up is throughput at batch 32 relative to the first model."""
-    table = Table(title=f"{results[0]['split']} split, {results[0]['threads']} threads")
-    for column in ("model", "params", "accuracy", "macro F1", "b1 p50/p95 ms", "b32 p50/p95 ms"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    table.add_column("b32 ex/s", justify="right")
-    table.add_column("speed-up", justify="right")
+    table = Table(
+        title=f"{results[0]['split']} split, {results[0]['threads']} threads",
+        caption="b1, b32: latency p50/p95 in ms at batch 1, 32; b32/s: examples/s at batch 32; "
+        "speed: b32/s over the first model's",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    # Numbers never wrap; long model references fold, so the table fits 80 columns.
+    table.add_column("model", overflow="fold", min_width=12)
+    for column in ("params", "acc", "macro F1", "b1", "b32", "b32/s", "speed"):
+        table.add_column(column, justify="right", no_wrap=True)
     base = results[0]["latency"]["batch_32"]["examples_per_second"]
     for r in results:
         b1, b32 = r["latency"]["batch_1"], r["latency"]["batch_32"]
         table.add_row(
-            r["model"],
+            r["model"].removeprefix("models:/"),
             f"{r['parameters'] / 1e6:.1f}M",
             f"{r['metrics']['accuracy']:.4f}",
             f"{r['metrics']['macro_f1']:.4f}",
-            f"{b1['p50_ms']:.1f} / {b1['p95_ms']:.1f}",
-            f"{b32['p50_ms']:.1f} / {b32['p95_ms']:.1f}",
+            f"{b1['p50_ms']:.0f}/{b1['p95_ms']:.0f}",
+            f"{b32['p50_ms']:.0f}/{b32['p95_ms']:.0f}",
             f"{b32['examples_per_second']:,.0f}",
             f"{b32['examples_per_second'] / base:.2f}x",
         )

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job at demo size, each step on an embedded local Ray (about 10 minutes on 2 cores):
+# The main job at demo size, each step on an embedded local Ray (about 12 minutes on 2 cores):
 #   1. pretrain a 12M-parameter GPT-2 from scratch
 #   2. fine-tune MiniLM for sentiment, register it (sentiment@candidate if accuracy >= 0.70)
 #   3. distill it into a 2-layer student, register that too
