@@ -93,7 +93,8 @@ def run_finetune(
     train_ds = tokenized_dataset(shuffled, tokenizer, cfg.data.max_length)
     val_ds = tokenized_dataset(splits.validation, tokenizer, cfg.data.max_length)
     if precomputed_teacher(cfg):
-        train_ds = with_teacher_logits(train_ds, start_dir, cfg.train.micro_batch_size)
+        cpus = max(1, int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker))
+        train_ds = with_teacher_logits(train_ds, start_dir, cfg.train.micro_batch_size, cpus)
     train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
 
     steps_per_epoch = max(1, len(splits.train) // cfg.train.global_batch_size)
@@ -197,11 +198,11 @@ class TeacherLogits:
     and backward passes, for every epoch.
     """
 
-    def __init__(self, model_dir: str) -> None:
+    def __init__(self, model_dir: str, threads: int) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "0")) or 2))
+        torch.set_num_threads(threads)
         self.torch = torch
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
 
@@ -216,11 +217,12 @@ class TeacherLogits:
         return {**batch, "teacher_logits": logits}
 
 
-def with_teacher_logits(ds: Any, teacher_dir: Path, batch_size: int) -> Any:
-    cpus = max(1, (os.cpu_count() or 2))
+def with_teacher_logits(ds: Any, teacher_dir: Path, batch_size: int, cpus: int) -> Any:
+    """The training split with a `teacher_logits` column, from one actor using `cpus` CPUs (the
+    training workers' CPUs, free until training starts)."""
     return ds.map_batches(
         TeacherLogits,
-        fn_constructor_kwargs={"model_dir": str(teacher_dir)},
+        fn_constructor_kwargs={"model_dir": str(teacher_dir), "threads": cpus},
         batch_size=max(32, batch_size),
         batch_format="numpy",
         concurrency=1,
