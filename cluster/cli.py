@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from cluster import handover, jobs, models_cli
+from cluster import handover, jobs, models_cli, serve_cli
 
 if TYPE_CHECKING:
     from training import DistillConfig, FinetuneConfig
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(jobs.app, name="job")
 app.add_typer(models_cli.app, name="models")
+app.add_typer(serve_cli.app, name="serve")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import shlex
 import tempfile
 import time
@@ -19,6 +17,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cluster.dashboard import (
+    ADDRESS_ENV,
+    DEFAULT_ADDRESS,
+    address_env_cleared,
+    auth_headers,
+    describe,
+)
 from cluster.recipes import parse_overrides
 
 if TYPE_CHECKING:
@@ -32,15 +37,13 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-_ADDRESS_ENV = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 _STATUS_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow"}
 
 AddressOption = Annotated[
     str,
     typer.Option(
         "--address",
-        envvar=list(_ADDRESS_ENV),
+        envvar=list(ADDRESS_ENV),
         help="Ray dashboard (Jobs API) address, e.g. http://head-node:8265",
     ),
 ]
@@ -61,50 +64,6 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _auth_headers() -> dict[str, str]:
-    """The cluster's token as a bearer header, looked up where Ray itself looks for it.
-
-    Ray's client only sends a token when this process has `RAY_AUTH_MODE=token`, which a plain
-    shell lacks although `ray.init()` and `ray start` turn token auth on by default. So read it
-    from `RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or `~/.ray/auth_token`, as Ray does;
-    `RAY_AUTH_MODE=disabled` sends none.
-    """
-    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
-        return {}
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    if not token:
-        path = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
-        try:
-            token = Path(path).expanduser().read_text().strip()
-        except OSError:
-            return {}
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-@contextmanager
-def _address_env_cleared() -> Iterator[None]:
-    """Hide RAY_API_SERVER_ADDRESS / RAY_ADDRESS, which Ray lets override an explicit address."""
-    saved = {key: os.environ.pop(key) for key in _ADDRESS_ENV if key in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
-def _describe(err: Exception, address: str) -> str:
-    """One line for a failed Jobs API call."""
-    if isinstance(err, ConnectionError):
-        return (
-            f"cannot reach a Ray cluster at {address}: is it running, and is this its dashboard "
-            "address (default port 8265)?"
-        )
-    text = " ".join(str(err).split()) or type(err).__name__
-    http = re.match(r"Request failed with status code (\d+): (.*?)\.*$", text)
-    if http:
-        text = http.group(2) if http.group(1) == "404" else f"HTTP {http.group(1)}: {http.group(2)}"
-    return f"{text} ({address})"
-
-
 @contextmanager
 def _jobs_api(address: str) -> Iterator[JobSubmissionClient]:
     """A connected client; Ray and network failures inside become a one-line error and exit 1."""
@@ -113,8 +72,8 @@ def _jobs_api(address: str) -> Iterator[JobSubmissionClient]:
     from ray.job_submission import JobSubmissionClient
 
     try:
-        with _address_env_cleared():
-            client = JobSubmissionClient(address, headers=_auth_headers())
+        with address_env_cleared():
+            client = JobSubmissionClient(address, headers=auth_headers())
         yield client
     except (typer.Exit, typer.Abort):
         raise
@@ -124,7 +83,7 @@ def _jobs_api(address: str) -> Iterator[JobSubmissionClient]:
             "RAY_AUTH_TOKEN_PATH, or put the cluster's token in ~/.ray/auth_token"
         )
     except (OSError, RuntimeError, ValueError, RayError, aiohttp.ClientError) as err:
-        _fail(_describe(err, address))
+        _fail(describe(err, address))
 
 
 def _styled(status: object) -> str:

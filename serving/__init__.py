@@ -1,0 +1,17 @@
+"""fmstack serving: the Ray Serve application (FastAPI ingress, one model deployment per
+variant, routing policies, auth, metrics) and the Serve config that runs it."""
+
+from serving.config import ServeConfig, VariantConfig, load_serve_config, parse_serve_config
+from serving.deploy import DeployError, ServeClient, pins_of, serve_config, summarize
+
+__all__ = [
+    "DeployError",
+    "ServeClient",
+    "ServeConfig",
+    "VariantConfig",
+    "load_serve_config",
+    "parse_serve_config",
+    "pins_of",
+    "serve_config",
+    "summarize",
+]

@@ -123,3 +123,92 @@ def tiny_classifier_recipe(tmp_path: Path, base: str, **sections: Any) -> dict[s
     for key, value in sections.items():
         recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
     return recipe
+
+
+# ---------------------------------------------------------------- tiny models for serving
+
+SENTIMENT_LABELS = ["rotten", "fresh"]
+
+
+def export_tiny_classifier(
+    out: Path, *, seed: int, layers: int = 2, accuracy: float = 0.8
+) -> Path:
+    """A random tiny BERT classifier exported as fmstack does (manifest, checksums)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from training.assets import PACKAGED_MODELS, require
+    from training.checkpoint import write_export
+
+    tokenizer = AutoTokenizer.from_pretrained(require(PACKAGED_MODELS["minilm"], "MiniLM"))
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+        id2label=dict(enumerate(SENTIMENT_LABELS)),
+        label2id={n: i for i, n in enumerate(SENTIMENT_LABELS)},
+    )
+    model = BertForSequenceClassification(config)
+    # Large random head weights make confident and unsure predictions both common.
+    torch.nn.init.normal_(model.classifier.weight, std=3.0)
+    model.eval()
+    manifest = {
+        "task": "classification",
+        "label_names": SENTIMENT_LABELS,
+        "metrics": {"accuracy": accuracy, "macro_f1": accuracy - 0.01},
+        "lineage": {"base_model": "tiny-bert", "seed": seed},
+    }
+    return write_export(out, model, tokenizer, manifest)
+
+
+def export_tiny_causal_lm(out: Path) -> Path:
+    """A random 2-layer Llama with the SmolLM2 tokenizer, exported as fmstack does."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from training.assets import PACKAGED_MODELS, require
+    from training.checkpoint import write_export
+
+    tokenizer = AutoTokenizer.from_pretrained(require(PACKAGED_MODELS["smollm2"], "SmolLM2"))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    ).eval()
+    manifest = {"task": "causal_lm", "metrics": {}, "lineage": {"base_model": "tiny-llama"}}
+    return write_export(out, model, tokenizer, manifest)
+
+
+@pytest.fixture(scope="session")
+def serving_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with sentiment v1, v2 (production -> 1), sentiment-student v1 and tiny-lm v1
+    (both production)."""
+    from cluster.registry import Registry
+
+    root = tmp_path_factory.mktemp("serving-registry")
+    exports = tmp_path_factory.mktemp("serving-exports")
+    registry = Registry(root / "registry")
+    for seed in (1, 2):
+        registry.register(export_tiny_classifier(exports / f"full-{seed}", seed=seed), "sentiment")
+    registry.register(
+        export_tiny_classifier(exports / "student", seed=3, layers=1, accuracy=0.78),
+        "sentiment-student",
+    )
+    registry.register(export_tiny_causal_lm(exports / "lm"), "tiny-lm")
+    registry.promote("sentiment", 1, "production")
+    registry.promote("sentiment-student", 1, "production")
+    registry.promote("tiny-lm", 1, "production")
+    return root / "registry"

@@ -496,7 +496,8 @@ _FIXES = {
 }
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per bad key: where it is, what is wrong, and the fix."""
     lines = [f"invalid recipe {source}:"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -515,7 +516,7 @@ def parse_recipe(
     try:
         return schema.model_validate(data)
     except ValidationError as err:
-        raise RecipeError(_format_errors(err, source)) from None
+        raise RecipeError(format_validation_error(err, source)) from None
 
 
 def read_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

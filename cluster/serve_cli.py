@@ -1,0 +1,346 @@
+"""`fmstack serve`: build the Serve config, run it on a Ray cluster, watch it, promote a version
+into it in place, and take it down."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cluster.dashboard import DEFAULT_ADDRESS, describe
+from cluster.recipes import parse_overrides
+from cluster.registry import (
+    ModelRef,
+    PromotionRefused,
+    Registry,
+    RegistryError,
+    default_root,
+    is_model_ref,
+    parse_ref,
+)
+
+if TYPE_CHECKING:
+    from serving import ServeConfig
+
+app = typer.Typer(
+    help="Serve registered models on Ray Serve: build, up, status, promote, down.",
+    no_args_is_help=True,
+)
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="Serving config, e.g. configs/serve/sentiment.yaml")
+]
+SetOption = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key, e.g. --set http.port=8001")
+]
+AddressOption = Annotated[
+    str,
+    typer.Option(
+        "--address",
+        envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"],
+        help="Ray dashboard address of the cluster, e.g. http://head-node:8265",
+    ),
+]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load(config: Path, overrides: list[str] | None) -> ServeConfig:
+    from serving import load_serve_config
+    from training import RecipeError
+
+    try:
+        return absolute_paths(load_serve_config(config, parse_overrides(overrides)))
+    except RecipeError as err:
+        _fail(str(err), 2)
+
+
+def absolute_paths(config: ServeConfig) -> ServeConfig:
+    """Local paths made absolute: replicas run in other working directories."""
+    registry = config.registry or default_root()
+    if "://" not in registry:
+        registry = str(Path(registry).expanduser().resolve())
+    variants = {}
+    for name, v in config.variants.items():
+        model = v.model
+        if not is_model_ref(model) and "://" not in model and Path(model).expanduser().exists():
+            model = str(Path(model).expanduser().resolve())
+        variants[name] = v.model_copy(update={"model": model})
+    return config.model_copy(update={"registry": registry, "variants": variants})
+
+
+def _check_models(config: ServeConfig) -> None:
+    """Fail before deploying when a variant's registry reference does not resolve."""
+    registry = Registry(config.registry or default_root())
+    for name, v in config.variants.items():
+        if is_model_ref(v.model):
+            try:
+                registry.get(v.model)
+            except (RegistryError, ValueError) as err:
+                _fail(f"variants.{name}.model: {err}", 2)
+
+
+@app.command()
+def build(
+    config: ConfigOption,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout")
+    ] = None,
+    set: SetOption = None,
+) -> None:
+    """Write the Serve config (`serve deploy` / a RayService's serveConfigV2) for a serving
+    config."""
+    from serving import serve_config
+
+    cfg = _load(config, set)
+    text = yaml.safe_dump(serve_config(cfg), sort_keys=False)
+    if output is None:
+        print(text, end="")
+        return
+    output.write_text(text)
+    console.print(f"wrote {output}")
+
+
+@app.command()
+def up(
+    config: ConfigOption,
+    address: AddressOption = DEFAULT_ADDRESS,
+    set: SetOption = None,
+    num_cpus: Annotated[
+        int | None, typer.Option(help="CPUs of the local Ray cluster, when one is started")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for RUNNING")] = 600,
+) -> None:
+    """Deploy the serving config to a Ray cluster (starting a local one when none runs at the
+    default address) and wait until every variant serves."""
+    from serving import DeployError, serve_config
+
+    cfg = _load(config, set)
+    _check_models(cfg)
+    if address == DEFAULT_ADDRESS and not _reachable(address):
+        _start_local_ray(num_cpus)
+    client = _client(address)
+    try:
+        pins = _current_pins(client, cfg)
+        client.deploy(serve_config(cfg, pins))
+        with console.status(f"deploying {cfg.name} ..."):
+            client.wait(cfg.name, timeout)
+    except DeployError as err:
+        _fail(f"application {cfg.name} failed to deploy:\n{err}")
+    except (TimeoutError, RuntimeError, OSError) as err:
+        _fail(describe(err, address))
+    base = _base_url(cfg)
+    console.print(f"[green]serving[/green] {cfg.name} at {base}  (docs: {base}/docs)")
+    _print_variants(base)
+    console.print(
+        f"try:  curl -s {base}/v1/classify -H 'Content-Type: application/json' "
+        """-d '{"texts": ["A gripping, beautifully acted film."]}'""",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def status(address: AddressOption = DEFAULT_ADDRESS) -> None:
+    """Applications, deployments and replicas on the cluster."""
+    from serving import summarize
+
+    client = _client(address)
+    try:
+        rows = summarize(client.details())
+    except (RuntimeError, OSError) as err:
+        _fail(describe(err, address))
+    if not rows:
+        console.print(f"no Serve applications on {address}")
+        return
+    table = Table("application", "deployment", "status", "replicas", "message")
+    for r in rows:
+        replicas = ", ".join(f"{n} {s.lower()}" for s, n in sorted(r["replicas"].items()))
+        table.add_row(
+            f"{r['application']} ({r['app_status'].lower()})",
+            r["deployment"],
+            r["status"],
+            replicas,
+            escape(r["message"][:200]),
+        )
+    console.print(table)
+
+
+@app.command()
+def promote(
+    config: ConfigOption,
+    variant: Annotated[str, typer.Argument(help="The variant to move, e.g. full")],
+    version: Annotated[int, typer.Argument(help="Registry version to serve")],
+    require: Annotated[
+        list[str] | None,
+        typer.Option("--require", help="Metric gate, e.g. accuracy>=0.80 (repeatable)"),
+    ] = None,
+    address: AddressOption = DEFAULT_ADDRESS,
+    set: SetOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the replicas")] = 300,
+) -> None:
+    """Move the variant's registry alias to VERSION (gated on metrics) and reload its running
+    replicas in place: the new model loads beside the old, then takes over."""
+    from serving import ServeClient, serve_config
+    from training import load_model
+
+    cfg = _load(config, set)
+    if variant not in cfg.variants:
+        _fail(f"unknown variant {variant}; have {', '.join(cfg.variants)}", 2)
+    ref = cfg.variants[variant].model
+    if not is_model_ref(ref) or parse_ref(ref).alias is None:
+        _fail(f"variants.{variant}.model is {ref}, not a registry alias (models:/name@alias)", 2)
+    parsed = parse_ref(ref)
+    registry = Registry(cfg.registry or default_root())
+    try:
+        path = registry.resolve(ModelRef(parsed.name, version=version))  # checksums verified
+        load_model(path, verify=False)  # refuses what a replica could not load
+        target = registry.promote(parsed.name, version, parsed.alias or "", require or [])
+    except PromotionRefused as err:
+        _fail(f"refused: {err}", 3)
+    except Exception as err:  # noqa: BLE001 - any reason a version cannot serve is reported
+        _fail(f"refused: {parsed.name}@{version} cannot be served: {err}", 3)
+    console.print(f"{target.name}@{parsed.alias} -> {target.version}")
+    client: ServeClient = _client(address)
+    try:
+        pins = {**_current_pins(client, cfg), variant: version}
+        client.deploy(serve_config(cfg, pins))
+    except (RuntimeError, OSError) as err:
+        _fail(describe(err, address))
+    serving_now = _wait_for_version(_base_url(cfg), variant, target.name, version, timeout)
+    console.print(f"[green]{variant}[/green] now serves {serving_now}")
+
+
+@app.command()
+def down(
+    address: AddressOption = DEFAULT_ADDRESS,
+    stop_ray: Annotated[
+        bool, typer.Option("--stop-ray", help="Also stop the local Ray cluster (ray stop)")
+    ] = False,
+) -> None:
+    """Delete the Serve applications (and, with --stop-ray, stop the local Ray cluster)."""
+    if _reachable(address):
+        client = _client(address)
+        try:
+            client.delete()
+        except (RuntimeError, OSError) as err:
+            _fail(describe(err, address))
+        console.print(f"deleted the Serve applications on {address}")
+    else:
+        console.print(f"no Ray cluster at {address}")
+    if stop_ray:
+        subprocess.run([_ray_bin(), "stop"], check=False, capture_output=True)
+        console.print("stopped the local Ray cluster")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _client(address: str) -> Any:
+    from serving import ServeClient
+
+    try:
+        return ServeClient(address)
+    except (RuntimeError, OSError, ValueError) as err:
+        _fail(describe(err if str(err) else ConnectionError(), address))
+
+
+def _current_pins(client: Any, cfg: ServeConfig) -> dict[str, int]:
+    from serving import pins_of
+
+    return pins_of(client.details(), cfg)
+
+
+def _reachable(address: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=3):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _ray_bin() -> str:
+    here = Path(os.sys.executable).parent / "ray"  # type: ignore[attr-defined]
+    return str(here) if here.exists() else (shutil.which("ray") or "ray")
+
+
+def _start_local_ray(num_cpus: int | None) -> None:
+    """`ray start --head` on this machine, its dashboard on the default address."""
+    cmd = [_ray_bin(), "start", "--head", "--dashboard-host", "127.0.0.1", "--disable-usage-stats"]
+    if num_cpus:
+        cmd += ["--num-cpus", str(num_cpus)]
+    with console.status("starting a local Ray cluster (ray start --head) ..."):
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            _fail(f"ray start failed:\n{done.stderr or done.stdout}")
+        deadline = time.monotonic() + 60
+        while not _reachable(DEFAULT_ADDRESS) and time.monotonic() < deadline:
+            time.sleep(1)
+    console.print("started a local Ray cluster; `fmstack serve down --stop-ray` stops it")
+
+
+def _base_url(cfg: ServeConfig) -> str:
+    host = "127.0.0.1" if cfg.http.host in ("0.0.0.0", "::") else cfg.http.host
+    return f"http://{host}:{cfg.http.port}{cfg.route_prefix.rstrip('/')}"
+
+
+def _get_json(url: str, timeout: float = 10) -> Any:
+    request = urllib.request.Request(url)
+    key = (os.environ.get("FMSTACK_API_KEY") or "").strip()
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.load(response)
+
+
+def _print_variants(base: str) -> None:
+    try:
+        models = _get_json(f"{base}/v1/models")
+    except (urllib.error.URLError, OSError, ValueError):
+        return
+    table = Table("variant", "serves", "task", "parameters")
+    for name, info in models.get("variants", {}).items():
+        table.add_row(
+            name,
+            info.get("version", "-"),
+            info.get("task", "-"),
+            f"{info.get('parameters', 0) / 1e6:.1f}M",
+        )
+    console.print(table)
+
+
+def _wait_for_version(base: str, variant: str, name: str, number: int, timeout: float) -> str:
+    """Poll /v1/models until the variant serves `name/number`; fail with the replica's error."""
+    version = f"{name}/{number}"
+    deadline = time.monotonic() + timeout
+    info: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            info = _get_json(f"{base}/v1/models")["variants"][variant]
+        except (urllib.error.URLError, OSError, KeyError, ValueError):
+            info = {}
+        if info.get("version") == version:
+            return version
+        if f"version {number}:" in (info.get("last_error") or ""):
+            _fail(f"{variant} keeps serving {info.get('version')}: {info['last_error']}")
+        time.sleep(1)
+    _fail(
+        f"{variant} did not report {version} within {timeout:.0f} s (serves {info.get('version')})"
+    )

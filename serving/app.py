@@ -1,0 +1,477 @@
+"""The Serve application: a FastAPI ingress that validates, authenticates and routes, in front of
+one `ModelServer` deployment per variant.
+
+`build_app` is the application builder that a Serve config names
+(`import_path: serving.app:build_app`, `args:` the serving config).
+"""
+
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving import metrics, routing
+from serving.auth import AuthError, Keys
+from serving.config import RouteConfig, ServeConfig, VariantConfig, parse_serve_config
+from serving.model_server import ModelServer
+from serving.schemas import (
+    ClassifyRequest,
+    ClassifyResponse,
+    EmbedRequest,
+    EmbedResponse,
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    PromoteRequest,
+)
+
+INGRESS = "Ingress"
+
+
+class ApiError(Exception):
+    """A request the server refuses; becomes `{"error": {type, message}}` with `status`."""
+
+    def __init__(
+        self, status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers
+
+
+def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
+    body = {"error": {"type": kind, "message": message, **extra}}
+    return JSONResponse(body, status_code=status)
+
+
+def _validation_message(err: RequestValidationError) -> tuple[int, str, list[dict[str, Any]]]:
+    details, lines = [], []
+    for e in err.errors():
+        if e["type"] == "json_invalid":
+            return 400, "the body is not valid JSON: " + str(e.get("ctx", {}).get("error", "")), []
+        where = ".".join(str(p) for p in e["loc"] if p != "body") or "body"
+        lines.append(f"{where}: {e['msg']}")
+        details.append({"field": where, "problem": e["msg"]})
+    return 422, "; ".join(lines), details
+
+
+api = FastAPI(
+    title="fmstack",
+    summary="Text classification, embeddings and generation from fmstack's registered models.",
+    version="1",
+    responses={
+        400: {"model": ErrorResponse},
+        401: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+    response = _error(err.status, err.kind, err.message)
+    response.headers.update(err.headers or {})
+    return response
+
+
+@api.exception_handler(AuthError)
+async def _unauthorized(_: Request, err: AuthError) -> JSONResponse:
+    response = _error(err.status, "unauthorized" if err.status == 401 else "forbidden", err.message)
+    if err.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+    status, message, details = _validation_message(err)
+    return _error(status, "invalid_request", message, details=details)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    message = str(err.detail)
+    if err.status_code == 400 and "parsing the body" in message:
+        message = "the body could not be read: send UTF-8 JSON with Content-Type application/json"
+    kinds = {404: "not_found", 405: "method_not_allowed"}
+    return _error(err.status_code, kinds.get(err.status_code, "invalid_request"), message)
+
+
+AuthHeader = Annotated[
+    str | None, Header(description="`Bearer <key>` when the server has auth enabled")
+]
+
+
+@serve.deployment(name=INGRESS)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, config: dict[str, Any], models: dict[str, Any]) -> None:
+        self.config = parse_serve_config(config)
+        self.models = models  # variant -> DeploymentHandle
+        self.keys = Keys.from_config(self.config.auth)
+        self.metrics = metrics.IngressMetrics()
+        self.rng = random.Random()
+        self.tasks: dict[str, str] = {}
+        self.shadow_stats: dict[str, dict[str, int]] = {}
+        self._background: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------ health and models
+
+    @api.get("/healthz", tags=["health"])
+    async def healthz(self) -> dict[str, str]:
+        """The ingress is alive."""
+        return {"status": "ok"}
+
+    @api.get("/readyz", tags=["health"], responses={503: {"model": ErrorResponse}})
+    async def readyz(self) -> JSONResponse:
+        """Every variant has a model loaded."""
+        infos = await self._infos()
+        missing = [v for v, info in infos.items() if not info.get("loaded")]
+        if missing:
+            return _error(503, "not_ready", f"variants not loaded: {', '.join(missing)}")
+        return JSONResponse({"status": "ready", "variants": sorted(infos)})
+
+    @api.get("/v1/models", tags=["models"])
+    async def list_models(self, authorization: AuthHeader = None) -> dict[str, Any]:
+        """Variants, the versions they serve, lineage and metrics, and each route's policy."""
+        self.keys.check(authorization, admin=False)
+        infos = await self._infos()
+        return {
+            "variants": infos,
+            "routes": {
+                endpoint: self._route(endpoint).model_dump(mode="json")
+                for endpoint in ("classify", "embed", "generate")
+            },
+            "shadow": self.shadow_stats,
+        }
+
+    async def _infos(self) -> dict[str, dict[str, Any]]:
+        async def one(variant: str) -> dict[str, Any]:
+            try:
+                info = await self.models[variant].info.remote()
+            except Exception as err:  # noqa: BLE001 - reported, not raised
+                return {"variant": variant, "loaded": False, "last_error": str(err)}
+            if info.get("task"):
+                self.tasks[variant] = info["task"]
+            return info
+
+        names = list(self.config.variants)
+        results = await asyncio.gather(*(one(v) for v in names))
+        return dict(zip(names, results, strict=True))
+
+    # ------------------------------------------------------------ classify
+
+    @api.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        tags=["inference"],
+    )
+    async def classify(
+        self, body: ClassifyRequest, authorization: AuthHeader = None
+    ) -> ClassifyResponse:
+        """Label each text, with its score and every class's probability."""
+        self.keys.check(authorization, admin=False)
+        start = time.perf_counter()
+        self._check_texts(body.texts)
+        route = self._route("classify")
+        variant = await self._pick(route, body.model, "classification", "classify")
+        answer = await self._call(variant, "classify", body.texts)
+        predictions = [
+            {**p, "variant": variant, "version": answer["version"]} for p in answer["result"]
+        ]
+        escalated = 0
+        if route.policy == "cascade" and variant == route.variant:
+            unsure = [
+                i
+                for i, p in enumerate(predictions)
+                if routing.needs_fallback(route, body.model, p["score"])
+            ]
+            if unsure:
+                assert route.fallback is not None
+                fallback = await self._call(
+                    route.fallback, "classify", [body.texts[i] for i in unsure]
+                )
+                for i, p in zip(unsure, fallback["result"], strict=True):
+                    predictions[i] = {
+                        **p,
+                        "variant": route.fallback,
+                        "version": fallback["version"],
+                    }
+                escalated = len(unsure)
+                self.metrics.escalations.inc(
+                    escalated, tags={"route": "classify", "variant": route.fallback}
+                )
+        if routing.should_shadow(route, variant, self.rng):
+            self._mirror("classify", route, body.texts, predictions)
+        self.metrics.record("classify", variant, 200, time.perf_counter() - start)
+        return ClassifyResponse(
+            predictions=predictions,
+            variant=variant,
+            version=answer["version"],
+            escalated=escalated,
+        )
+
+    def _mirror(
+        self, endpoint: str, route: RouteConfig, texts: list[str], answers: list[dict]
+    ) -> None:
+        """Ask the shadow variant off the request path and count how often it agrees."""
+        assert route.shadow is not None
+        shadow = route.shadow.variant
+        stats = self.shadow_stats.setdefault(
+            shadow, {"requests": 0, "texts": 0, "agreed": 0, "errors": 0}
+        )
+
+        async def compare() -> None:
+            stats["requests"] += 1
+            try:
+                result = await self.models[shadow].classify.remote(texts)
+            except Exception:  # noqa: BLE001 - a failing shadow never affects answers
+                stats["errors"] += 1
+                self.metrics.shadow.inc(
+                    tags={"route": endpoint, "variant": shadow, "outcome": "error"}
+                )
+                return
+            agreed = sum(
+                a["label"] == s["label"] for a, s in zip(answers, result["result"], strict=True)
+            )
+            stats["texts"] += len(texts)
+            stats["agreed"] += agreed
+            tags = {"route": endpoint, "variant": shadow}
+            if agreed:
+                self.metrics.shadow.inc(agreed, tags={**tags, "outcome": "agree"})
+            if len(texts) - agreed:
+                self.metrics.shadow.inc(len(texts) - agreed, tags={**tags, "outcome": "disagree"})
+
+        task = asyncio.get_running_loop().create_task(compare())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------ embed
+
+    @api.post("/v1/embed", response_model=EmbedResponse, tags=["inference"])
+    async def embed(self, body: EmbedRequest, authorization: AuthHeader = None) -> EmbedResponse:
+        """A vector per text: the mean of the model's last hidden layer."""
+        self.keys.check(authorization, admin=False)
+        start = time.perf_counter()
+        self._check_texts(body.texts)
+        route = self._route("embed")
+        variant = await self._pick(route, body.model, None, "embed")
+        answer = await self._call(variant, "embed", body.texts, body.normalize)
+        vectors = answer["result"]
+        self.metrics.record("embed", variant, 200, time.perf_counter() - start)
+        return EmbedResponse(
+            embeddings=vectors,
+            dimensions=len(vectors[0]) if vectors else 0,
+            variant=variant,
+            version=answer["version"],
+        )
+
+    # ------------------------------------------------------------ generate
+
+    @api.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        tags=["inference"],
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def generate(self, body: GenerateRequest, authorization: AuthHeader = None) -> Any:
+        """Continue a prompt; with `stream: true`, tokens arrive as server-sent events
+        (`data: {"token": ...}`), then one `event: done` with the whole answer."""
+        self.keys.check(authorization, admin=False)
+        start = time.perf_counter()
+        limits = self.config.limits
+        if len(body.prompt) > limits.max_text_chars:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"prompt: {len(body.prompt)} characters, at most {limits.max_text_chars}; "
+                "shorten it",
+            )
+        if body.max_new_tokens > limits.max_new_tokens:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"max_new_tokens: at most {limits.max_new_tokens}, got {body.max_new_tokens}",
+            )
+        route = self._route("generate")
+        variant = await self._pick(route, body.model, "causal_lm", "generate")
+        request = body.model_dump(
+            include={"prompt", "max_new_tokens", "temperature", "top_p", "stop", "seed"}
+        )
+        if not body.stream:
+            answer = await self._call(variant, "generate", request)
+            self.metrics.record("generate", variant, 200, time.perf_counter() - start)
+            return GenerateResponse(**answer["result"], variant=variant, version=answer["version"])
+        stream = self._stream(variant, request, start)
+        first = await anext(stream)  # surfaces over-capacity as 503 before the 200 is sent
+        return StreamingResponse(
+            _prepend(first, stream),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _stream(self, variant: str, request: dict, start: float) -> AsyncIterator[str]:
+        handle = self.models[variant].options(stream=True)
+        try:
+            async for event in handle.generate_stream.remote(request):
+                if "token" in event:
+                    yield f"data: {json.dumps(event)}\n\n"
+                else:
+                    done = {**event["result"], "variant": variant, "version": event["version"]}
+                    yield f"event: done\ndata: {json.dumps(done)}\n\n"
+        except BackPressureError:
+            raise self._over_capacity(variant) from None
+        self.metrics.record("generate", variant, 200, time.perf_counter() - start)
+
+    # ------------------------------------------------------------ admin
+
+    @api.post("/v1/admin/promote", tags=["admin"])
+    async def promote(
+        self, body: PromoteRequest, authorization: AuthHeader = None
+    ) -> dict[str, Any]:
+        """Move a registry alias (gated on metrics); variants serving that alias reload it in
+        place. Needs an admin key when auth is on."""
+        self.keys.check(authorization, admin=True)
+        from cluster.registry import PromotionRefused, Registry, RegistryError, default_root
+
+        registry = Registry(self.config.registry or default_root())
+        try:
+            version = await asyncio.to_thread(
+                registry.promote, body.model, body.version, body.alias, body.require
+            )
+        except PromotionRefused as err:
+            raise ApiError(409, "promotion_refused", str(err)) from None
+        except (RegistryError, ValueError) as err:
+            raise ApiError(404 if "no " in str(err) else 422, "invalid_request", str(err)) from None
+        return {"model": version.name, "version": version.version, "alias": body.alias}
+
+    # ------------------------------------------------------------ helpers
+
+    def _route(self, endpoint: str) -> RouteConfig:
+        return routing.default_route(self.config, endpoint, self.tasks)
+
+    async def _pick(
+        self, route: RouteConfig, requested: str | None, task: str | None, endpoint: str
+    ) -> str:
+        if not self.tasks:
+            await self._infos()
+        try:
+            variant = routing.pick_variant(route, requested, list(self.config.variants), self.rng)
+        except routing.UnknownVariant as err:
+            raise ApiError(400, "unknown_variant", str(err)) from None
+        have = self.tasks.get(variant)
+        if task and have and have != task:
+            serving_it = [v for v, t in self.tasks.items() if t == task]
+            raise ApiError(
+                400,
+                "wrong_task",
+                f"model: variant '{variant}' serves a {have} model, which cannot {endpoint}; "
+                f"use {', '.join(serving_it) or 'a variant that serves ' + task}",
+            )
+        return variant
+
+    def _check_texts(self, texts: list[str]) -> None:
+        limits = self.config.limits
+        if len(texts) > limits.max_texts:
+            raise ApiError(
+                413,
+                "too_many_texts",
+                f"texts: {len(texts)} texts, at most {limits.max_texts} per request; "
+                "split them over several requests",
+            )
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise ApiError(422, "invalid_request", f"texts[{i}]: empty text")
+            if len(text) > limits.max_text_chars:
+                raise ApiError(
+                    413,
+                    "text_too_long",
+                    f"texts[{i}]: {len(text)} characters, at most {limits.max_text_chars}; "
+                    "shorten or split it",
+                )
+
+    async def _call(self, variant: str, method: str, *args: Any) -> dict[str, Any]:
+        try:
+            return await getattr(self.models[variant], method).remote(*args)
+        except BackPressureError:
+            raise self._over_capacity(variant) from None
+
+    def _over_capacity(self, variant: str) -> ApiError:
+        retry = self.config.limits.retry_after_s
+        return ApiError(
+            503,
+            "over_capacity",
+            f"variant '{variant}' is at capacity; retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+        )
+
+
+async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for item in rest:
+        yield item
+
+
+# ---------------------------------------------------------------- application builder
+
+
+def user_config(variant: VariantConfig, version: int | None = None) -> dict[str, Any]:
+    """What a model deployment may change in place (`reconfigure`)."""
+    return {
+        "model": variant.model,
+        "version": version,
+        "max_batch_size": variant.batching.max_batch_size,
+        "batch_wait_timeout_s": variant.batching.batch_wait_timeout_s,
+        "threads": variant.threads,
+        "dtype": variant.dtype,
+        "max_length": variant.max_length,
+        "watch_interval_s": variant.watch_interval_s,
+    }
+
+
+def deployment_options(config: ServeConfig, variant: str) -> dict[str, Any]:
+    """Ray Serve options of one variant's model deployment."""
+    v = config.variants[variant]
+    autoscaling = v.autoscaling.model_dump()
+    if autoscaling["initial_replicas"] is None:
+        del autoscaling["initial_replicas"]
+    return {
+        "name": config.deployment_name(variant),
+        "autoscaling_config": autoscaling,
+        "max_ongoing_requests": v.max_ongoing_requests,
+        "max_queued_requests": v.max_queued_requests,
+        "ray_actor_options": {"num_cpus": v.num_cpus, "num_gpus": v.num_gpus},
+        "user_config": user_config(v),
+        "health_check_period_s": 5,
+    }
+
+
+def ingress_options(config: ServeConfig) -> dict[str, Any]:
+    return {
+        "name": INGRESS,
+        "num_replicas": 1,
+        "max_ongoing_requests": 256,
+        "ray_actor_options": {"num_cpus": config.ingress_cpus},
+    }
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The Serve application for a serving config (a Serve application builder)."""
+    config = parse_serve_config(args, "serve application args")
+    models = {
+        name: serve.deployment(ModelServer)
+        .options(**deployment_options(config, name))
+        .bind(name, config.registry)
+        for name in config.variants
+    }
+    return Ingress.options(**ingress_options(config)).bind(config.model_dump(mode="json"), models)

@@ -1,0 +1,217 @@
+"""The serving config: one YAML file describes the whole Serve application.
+
+It names the model variants (each a registry reference, directory or packaged model, with its
+replicas, autoscaling and batching), the routing policy of each endpoint, the request limits
+and auth. `fmstack serve build` turns it into the Serve config that a RayService embeds; the
+application builder (`serving.app:build_app`) reads the same mapping back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from training import RecipeError, format_validation_error, read_recipe
+
+ENDPOINTS = ("classify", "embed", "generate")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class AutoscalingConfig(_Config):
+    """Ray Serve's `autoscaling_config` for one variant's replicas."""
+
+    min_replicas: int = Field(default=1, ge=0)
+    """Replicas kept when idle."""
+    max_replicas: int = Field(default=2, ge=1)
+    """Upper bound on replicas."""
+    initial_replicas: int | None = Field(default=None, ge=0)
+    """Replicas at start; default min_replicas."""
+    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    """Ongoing requests per replica that the autoscaler aims for."""
+    upscale_delay_s: float = Field(default=5.0, ge=0)
+    """How long load must stay high before replicas are added."""
+    downscale_delay_s: float = Field(default=30.0, ge=0)
+    """How long load must stay low before replicas are removed."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be at least min_replicas "
+                f"({self.min_replicas})"
+            )
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class BatchingConfig(_Config):
+    max_batch_size: int = Field(default=16, ge=1, le=512)
+    """Requests combined into one forward pass (`@serve.batch`); 1 turns batching off."""
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=1)
+    """How long the first request of a batch waits for others."""
+
+
+class VariantConfig(_Config):
+    """One model deployment (`full`, `distilled`, ...)."""
+
+    model: str
+    """What to serve: a registry reference (`models:/sentiment@production`, `models:/x/3`), an
+    exported directory or URI, or a packaged model (`minilm`, `smollm2`)."""
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
+    """Replica bounds and autoscaling targets."""
+    batching: BatchingConfig = BatchingConfig()
+    """Dynamic batching."""
+    max_ongoing_requests: int = Field(default=32, ge=1)
+    """Requests one replica handles at once (Ray Serve)."""
+    max_queued_requests: int = Field(default=64, ge=-1)
+    """Requests queued per caller before new ones get 503; -1 is unbounded."""
+    num_cpus: float = Field(default=1.0, gt=0)
+    """CPUs reserved per replica (fractions allowed)."""
+    num_gpus: float = Field(default=0.0, ge=0)
+    """GPUs per replica."""
+    threads: int = Field(default=1, ge=1)
+    """torch intra-op threads per replica."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights and activations; bfloat16 is faster on CPUs with AMX and on GPUs."""
+    max_length: int = Field(default=128, ge=8)
+    """Tokens per text; longer texts are truncated (classify, embed)."""
+    watch_interval_s: float = Field(default=5.0, ge=0)
+    """How often replicas check the registry alias and reload in place when it moved; 0 off."""
+
+
+class ShadowConfig(_Config):
+    variant: str
+    """The candidate variant that receives mirrored requests."""
+    sample: float = Field(default=1.0, gt=0, le=1)
+    """Share of requests mirrored."""
+
+
+class RouteConfig(_Config):
+    """How an endpoint picks the variant that answers when the request says `auto`."""
+
+    policy: Literal["fixed", "weighted", "cascade"] = "fixed"
+    """`fixed`: one variant; `weighted`: a random split (canary); `cascade`: `variant` first,
+    `fallback` when its top probability is below `threshold`."""
+    variant: str | None = None
+    """The variant (fixed) or the first one asked (cascade)."""
+    weights: dict[str, float] = {}
+    """Variant -> weight (weighted), e.g. {full: 90, candidate: 10}."""
+    fallback: str | None = None
+    """The variant asked when the first is unsure (cascade)."""
+    threshold: float = Field(default=0.9, gt=0, le=1)
+    """Top-probability below which the cascade escalates."""
+    shadow: ShadowConfig | None = None
+    """Mirror a share of requests to a candidate off the request path; never changes answers."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> RouteConfig:
+        if self.policy in ("fixed", "cascade") and not self.variant:
+            raise ValueError(f"policy {self.policy} needs `variant`")
+        if self.policy == "cascade" and not self.fallback:
+            raise ValueError("policy cascade needs `fallback` (the variant asked when unsure)")
+        if self.policy == "weighted":
+            if not self.weights or any(w < 0 for w in self.weights.values()):
+                raise ValueError("policy weighted needs `weights`: variant -> non-negative weight")
+            if sum(self.weights.values()) <= 0:
+                raise ValueError("weights must not all be zero")
+        return self
+
+    def variants(self) -> set[str]:
+        names = {self.variant, self.fallback, *self.weights}
+        if self.shadow:
+            names.add(self.shadow.variant)
+        return {n for n in names if n}
+
+
+class LimitsConfig(_Config):
+    max_texts: int = Field(default=64, ge=1)
+    """Texts per classify or embed request."""
+    max_text_chars: int = Field(default=2000, ge=1)
+    """Characters per text (and per prompt)."""
+    max_new_tokens: int = Field(default=256, ge=1)
+    """Upper bound on generate's max_new_tokens."""
+    retry_after_s: int = Field(default=1, ge=0)
+    """`Retry-After` sent with 503 when the model replicas are over capacity."""
+
+
+class AuthConfig(_Config):
+    enabled: bool = False
+    """Require `Authorization: Bearer <key>` on /v1; health endpoints stay open."""
+    keys_env: str = "FMSTACK_API_KEYS"
+    """Environment variable holding comma-separated API keys."""
+    keys_file: str | None = None
+    """File with one API key per line (e.g. a mounted Kubernetes secret)."""
+    admin_keys_env: str = "FMSTACK_ADMIN_KEYS"
+    """Environment variable holding comma-separated admin keys (promotion)."""
+    admin_keys_file: str | None = None
+    """File with one admin key per line."""
+
+
+class HttpConfig(_Config):
+    host: str = "127.0.0.1"
+    """Address the Serve proxy binds (0.0.0.0 in a cluster)."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port of the Serve proxy."""
+
+
+class ServeConfig(_Config):
+    """The Serve application: variants, routes, limits, auth."""
+
+    name: str = Field(default="fmstack", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    """Serve application name."""
+    route_prefix: str = "/"
+    """Where the application is mounted on the proxy."""
+    registry: str | None = None
+    """Registry root for `models:/` references; default `$FMSTACK_REGISTRY` or `runs/registry`."""
+    http: HttpConfig = HttpConfig()
+    """The Serve HTTP proxy (applies when Serve starts)."""
+    variants: dict[str, VariantConfig]
+    """Variant name -> model deployment."""
+    routes: dict[Literal["classify", "embed", "generate"], RouteConfig] = {}
+    """Endpoint -> routing policy; an endpoint without one uses the first variant that serves
+    its task."""
+    limits: LimitsConfig = LimitsConfig()
+    """Request limits (each breach is a 4xx that says what to fix)."""
+    auth: AuthConfig = AuthConfig()
+    """API keys."""
+    ingress_cpus: float = Field(default=0.1, gt=0)
+    """CPUs reserved for the ingress replica."""
+
+    @model_validator(mode="after")
+    def _routes_name_variants(self) -> ServeConfig:
+        if not self.variants:
+            raise ValueError("variants: name at least one model deployment")
+        for name in self.variants:
+            if name in ("auto",) or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"variants.{name}: use letters, digits, - and _ (not 'auto')")
+        for endpoint, route in self.routes.items():
+            unknown = sorted(route.variants() - set(self.variants))
+            if unknown:
+                raise ValueError(
+                    f"routes.{endpoint} names {', '.join(unknown)}, which is not among the "
+                    f"variants ({', '.join(self.variants)})"
+                )
+        return self
+
+    def deployment_name(self, variant: str) -> str:
+        return f"model-{variant}"
+
+
+def parse_serve_config(data: dict[str, Any], source: str = "<dict>") -> ServeConfig:
+    """Validate a serving config mapping; errors name each bad key and its fix."""
+    try:
+        return ServeConfig.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(format_validation_error(err, source)) from None
+
+
+def load_serve_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ServeConfig:
+    """Read a serving YAML (plus dotted-key overrides) into a `ServeConfig`."""
+    return parse_serve_config(read_recipe(path, overrides), str(path))

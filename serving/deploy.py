@@ -1,0 +1,132 @@
+"""The Serve config that runs a serving config, and its life on a cluster through the Ray
+dashboard's Serve REST API (what `serve deploy` uses): deploy, wait, status, delete.
+
+The same Serve config is what a KubeRay RayService embeds as `serveConfigV2`. Promotion pins a
+registry version in a model deployment's `user_config`; since only `user_config` changes, Serve
+reconfigures the running replicas in place instead of replacing them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from serving.app import INGRESS, deployment_options, ingress_options, user_config
+from serving.config import ServeConfig
+
+IMPORT_PATH = "serving.app:build_app"
+
+
+class DeployError(RuntimeError):
+    """The application failed to deploy; the message carries Serve's reason."""
+
+
+def serve_config(config: ServeConfig, pins: dict[str, int] | None = None) -> dict[str, Any]:
+    """A Serve config (the schema of `serve deploy` and a RayService's `serveConfigV2`).
+
+    `pins`: variant -> registry version to load instead of what its alias names now."""
+    pins = pins or {}
+    unknown = sorted(set(pins) - set(config.variants))
+    if unknown:
+        raise ValueError(f"unknown variant {', '.join(unknown)}; have {', '.join(config.variants)}")
+    deployments = [{k: v for k, v in ingress_options(config).items()}]
+    for variant in config.variants:
+        options = deployment_options(config, variant)
+        options["user_config"] = user_config(config.variants[variant], pins.get(variant))
+        deployments.append(options)
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": config.http.host, "port": config.http.port},
+        "applications": [
+            {
+                "name": config.name,
+                "route_prefix": config.route_prefix,
+                "import_path": IMPORT_PATH,
+                "args": config.model_dump(mode="json", exclude_defaults=True),
+                "deployments": deployments,
+            }
+        ],
+    }
+
+
+def pins_of(details: dict[str, Any], config: ServeConfig) -> dict[str, int]:
+    """The registry versions pinned in a running application's deployments."""
+    app = details.get("applications", {}).get(config.name) or {}
+    deployed = (app.get("deployed_app_config") or {}).get("deployments", [])
+    pins = {}
+    for entry in deployed:
+        name = entry.get("name", "")
+        version = (entry.get("user_config") or {}).get("version")
+        for variant in config.variants:
+            if name == config.deployment_name(variant) and version is not None:
+                pins[variant] = int(version)
+    return pins
+
+
+class ServeClient:
+    """The Serve REST API of one Ray cluster (its dashboard address)."""
+
+    def __init__(self, address: str) -> None:
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        from cluster.dashboard import address_env_cleared, auth_headers
+
+        self.address = address
+        with address_env_cleared():
+            self._client = ServeSubmissionClient(address, headers=auth_headers())
+
+    def deploy(self, serve_cfg: dict[str, Any]) -> None:
+        self._client.deploy_applications(serve_cfg)
+
+    def details(self) -> dict[str, Any]:
+        return self._client.get_serve_details()
+
+    def delete(self) -> None:
+        self._client.delete_applications()
+
+    def wait(self, name: str, timeout_s: float = 600.0, poll_s: float = 1.0) -> dict[str, Any]:
+        """Wait until application `name` is RUNNING; raise `DeployError` with Serve's reason
+        if it fails, or `TimeoutError`."""
+        deadline = time.monotonic() + timeout_s
+        status = "NOT_STARTED"
+        while time.monotonic() < deadline:
+            app = (self.details().get("applications") or {}).get(name)
+            if app:
+                status = app.get("status", "")
+                if status == "RUNNING":
+                    return app
+                if status == "DEPLOY_FAILED":
+                    raise DeployError(failure_reason(app))
+            time.sleep(poll_s)
+        raise TimeoutError(f"application {name} still {status} after {timeout_s:.0f} s")
+
+
+def failure_reason(app: dict[str, Any]) -> str:
+    """Serve's message for a failed application, else its unhealthy deployments' messages."""
+    messages = [app.get("message") or ""]
+    for name, dep in (app.get("deployments") or {}).items():
+        if dep.get("status") not in ("HEALTHY", "UPSCALING", "DOWNSCALING") and dep.get("message"):
+            messages.append(f"{name}: {dep['message']}")
+    return "\n".join(m for m in messages if m) or "no reason given"
+
+
+def summarize(details: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per deployment: application, deployment, status, replicas by state, message."""
+    rows = []
+    for app_name, app in (details.get("applications") or {}).items():
+        for dep_name, dep in (app.get("deployments") or {}).items():
+            states: dict[str, int] = {}
+            for replica in dep.get("replicas") or []:
+                states[replica.get("state", "?")] = states.get(replica.get("state", "?"), 0) + 1
+            rows.append(
+                {
+                    "application": app_name,
+                    "app_status": app.get("status", ""),
+                    "deployment": dep_name,
+                    "status": dep.get("status", ""),
+                    "replicas": states,
+                    "message": dep.get("message", ""),
+                    "ingress": dep_name == INGRESS,
+                }
+            )
+    return rows

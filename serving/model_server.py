@@ -1,0 +1,299 @@
+"""The model deployment: one per variant, serving one loaded model per replica.
+
+Everything that can change while serving arrives through `reconfigure(user_config)`: the model
+reference, a pinned registry version, batching, threads. A new model loads beside the old one
+(in a thread, while requests keep being answered) and then replaces it; a model that fails to
+load leaves the old one serving and is reported by `info()`. Replicas that serve a registry
+alias also watch it and reload in place when it moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import torch
+from ray import serve
+
+from serving import metrics
+from serving.inference import Generation, classify_texts, embed_texts
+from training import LoadedModel, load_model
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclasses.dataclass
+class Served:
+    """The model a replica answers with, and where it came from."""
+
+    loaded: LoadedModel
+    ref: str
+    """What the config asked for (`models:/sentiment@production`, a directory, ...)."""
+    version: str
+    """`name/3` for a registry version, else the directory's name."""
+    registry_version: int | None
+    loaded_at: float
+
+
+def load_served(ref: str, registry: str | None, version: int | None, dtype: str) -> Served:
+    """Load `ref` (a registry reference, directory, URI or packaged name), checksums verified.
+
+    `version` pins a registry version of the referenced model (promotion sets it)."""
+    from cluster.registry import ModelRef, Registry, default_root, is_model_ref, parse_ref
+
+    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else None
+    if is_model_ref(ref):
+        parsed = parse_ref(ref)
+        reg = Registry(registry or default_root())
+        target = reg.get(ModelRef(parsed.name, version=version) if version else parsed)
+        path = reg.resolve(target.ref)
+        loaded = load_model(path, dtype=torch_dtype)
+        name = f"{target.name}/{target.version}"
+        return Served(loaded, ref, name, target.version, time.time())
+    loaded = load_model(ref, dtype=torch_dtype)
+    return Served(loaded, ref, loaded.path.name, None, time.time())
+
+
+def alias_target(ref: str, registry: str | None) -> int | None:
+    """The version a `models:/name@alias` reference points at now; None for anything else."""
+    from cluster.registry import Registry, default_root, is_model_ref, parse_ref
+
+    if not is_model_ref(ref):
+        return None
+    parsed = parse_ref(ref)
+    if parsed.alias is None:
+        return None
+    return Registry(registry or default_root()).aliases(parsed.name).get(parsed.alias)
+
+
+class ModelServer:
+    """A Serve deployment class; `serving.app` binds one per variant."""
+
+    def __init__(self, variant: str, registry: str | None) -> None:
+        self.variant = variant
+        self.registry = registry
+        self._served: Served | None = None
+        self._settings: dict[str, Any] = {}
+        self._switch_lock = asyncio.Lock()
+        self._failed: dict[str, str] = {}  # version or ref -> why it did not load
+        self._last_error: str | None = None
+        self._watcher: asyncio.Task | None = None
+        self._batches = 0
+        self._batch_sizes: list[int] = []
+        self._metrics = metrics.ModelMetrics(variant)
+
+    # ------------------------------------------------------------ configuration
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply a new configuration; load the model it names if that differs from the current
+        one. Before any model is loaded a failure is raised (the replica does not start);
+        afterwards it is recorded and the old model keeps serving."""
+        settings = dict(user_config)
+        torch.set_num_threads(int(settings.get("threads", 1)))
+        size = int(settings.get("max_batch_size", 16))
+        wait = float(settings.get("batch_wait_timeout_s", 0.005))
+        for method in (self._classify_batch, self._embed_batch):
+            method.set_max_batch_size(size)  # type: ignore[attr-defined]
+            method.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
+        self._settings = settings
+        await self._switch(settings["model"], settings.get("version"))
+        if self._watcher is None and float(settings.get("watch_interval_s", 0)) > 0:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _switch(self, ref: str, version: int | None) -> None:
+        async with self._switch_lock:
+            current = self._served
+            if current is not None and current.ref == ref:
+                wanted = (
+                    version
+                    if version is not None
+                    else await asyncio.to_thread(alias_target, ref, self.registry)
+                )
+                if wanted is None or wanted == current.registry_version:
+                    return
+                version = wanted
+            key = f"{ref}#{version}"
+            try:
+                served = await asyncio.to_thread(
+                    load_served, ref, self.registry, version, self._settings.get("dtype", "float32")
+                )
+            except Exception as err:  # noqa: BLE001 - any load failure keeps the old model
+                why = f"{type(err).__name__}: {err}"
+                self._failed[key] = why
+                self._last_error = (
+                    f"could not load {ref}"
+                    + (f" version {version}" if version else "")
+                    + f": {why}"
+                )
+                self._metrics.load_failures.inc()
+                logger.error("variant %s: %s", self.variant, self._last_error)
+                if current is None:
+                    raise RuntimeError(self._last_error) from err
+                return
+            self._served = served
+            self._failed.pop(key, None)
+            self._last_error = None
+            self._metrics.set_version(served.version)
+            logger.info("variant %s now serves %s", self.variant, served.version)
+
+    async def _watch(self) -> None:
+        """Follow a registry alias: reload when it points at a version not yet tried."""
+        while True:
+            await asyncio.sleep(float(self._settings.get("watch_interval_s", 5.0)) or 5.0)
+            served = self._served
+            if served is None:
+                continue
+            try:
+                target = await asyncio.to_thread(alias_target, served.ref, self.registry)
+            except Exception as err:  # noqa: BLE001 - a registry hiccup must not kill the watcher
+                logger.warning("variant %s: cannot read the registry: %s", self.variant, err)
+                continue
+            if target is None or target == served.registry_version:
+                continue
+            if f"{served.ref}#{target}" in self._failed:
+                continue
+            await self._switch(served.ref, target)
+
+    def check_health(self) -> None:
+        if self._served is None:
+            raise RuntimeError(self._last_error or "no model loaded")
+
+    # ------------------------------------------------------------ inference
+
+    def _model(self, task: str | tuple[str, ...]) -> Served:
+        served = self._served
+        if served is None:
+            raise RuntimeError(self._last_error or "no model loaded")
+        tasks = (task,) if isinstance(task, str) else task
+        if served.loaded.task not in tasks:
+            raise TaskMismatch(self.variant, served.loaded.task, tasks)
+        return served
+
+    def _answer(self, served: Served, result: Any) -> dict[str, Any]:
+        return {"result": result, "variant": self.variant, "version": served.version}
+
+    async def classify(self, texts: list[str]) -> dict[str, Any]:
+        """Per text: label, score and class probabilities; batched with concurrent requests."""
+        self._model("classification")
+        return await self._classify_batch(texts)
+
+    async def embed(self, texts: list[str], normalize: bool = True) -> dict[str, Any]:
+        self._model(("classification", "encoder", "masked_lm", "causal_lm"))
+        return await self._embed_batch((texts, normalize))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _classify_batch(self, requests: list[list[str]]) -> list[dict[str, Any]]:
+        served = self._model("classification")
+        flat = [t for texts in requests for t in texts]
+        results = await self._run_batch(
+            len(requests), classify_texts, served.loaded, flat, self._max_length()
+        )
+        return [self._answer(served, part) for part in _split(results, requests)]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _embed_batch(self, requests: list[tuple[list[str], bool]]) -> list[dict[str, Any]]:
+        served = self._model(("classification", "encoder", "masked_lm", "causal_lm"))
+        answers: list[dict[str, Any]] = []
+        for normalize in (True, False):  # one forward pass per normalisation choice
+            group = [texts for texts, n in requests if n is normalize]
+            if not group:
+                continue
+            flat = [t for texts in group for t in texts]
+            vectors = await self._run_batch(
+                len(group), embed_texts, served.loaded, flat, self._max_length(), normalize
+            )
+            answers.extend(self._answer(served, part) for part in _split(vectors, group))
+        # Put answers back in request order.
+        order = [i for n in (True, False) for i, (_, m) in enumerate(requests) if m is n]
+        result: list[dict[str, Any]] = [{}] * len(requests)
+        for i, answer in zip(order, answers, strict=True):
+            result[i] = answer
+        return result
+
+    async def _run_batch(self, requests: int, fn: Any, *args: Any) -> Any:
+        self._batches += 1
+        self._batch_sizes = (self._batch_sizes + [requests])[-1000:]
+        self._metrics.batch_size.observe(requests)
+        start = time.perf_counter()
+        try:
+            return await asyncio.to_thread(fn, *args)
+        finally:
+            self._metrics.inference_seconds.observe(time.perf_counter() - start)
+
+    def _max_length(self) -> int:
+        return int(self._settings.get("max_length", 128))
+
+    async def generate(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The whole generated text at once."""
+        served = self._model("causal_lm")
+        gen = Generation(served.loaded, **request)
+
+        def run() -> None:
+            for _ in gen:
+                pass
+
+        await asyncio.to_thread(run)
+        return self._answer(
+            served, {"text": gen.text, "tokens": gen.tokens, "finish_reason": gen.finish_reason}
+        )
+
+    async def generate_stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Text pieces as they are generated, then a final summary."""
+        served = self._model("causal_lm")
+        gen = Generation(served.loaded, **request)
+        while not gen.finish_reason:
+            piece = await asyncio.to_thread(gen.step)
+            if piece:
+                yield {"token": piece}
+        yield self._answer(
+            served, {"text": gen.text, "tokens": gen.tokens, "finish_reason": gen.finish_reason}
+        )
+
+    # ------------------------------------------------------------ introspection
+
+    def info(self) -> dict[str, Any]:
+        """What this replica serves, how it got there, and its batching so far."""
+        served = self._served
+        sizes = self._batch_sizes
+        base: dict[str, Any] = {
+            "variant": self.variant,
+            "loaded": served is not None,
+            "last_error": self._last_error,
+            "batches": self._batches,
+            "max_batch_size_seen": max(sizes, default=0),
+            "mean_batch_size": sum(sizes) / len(sizes) if sizes else 0.0,
+        }
+        if served is None:
+            return base
+        manifest = served.loaded.manifest
+        return {
+            **base,
+            "model": served.ref,
+            "version": served.version,
+            "task": served.loaded.task,
+            "labels": served.loaded.label_names,
+            "parameters": served.loaded.parameters,
+            "metrics": manifest.get("metrics", {}),
+            "lineage": manifest.get("lineage", {}),
+            "loaded_at": served.loaded_at,
+        }
+
+
+class TaskMismatch(ValueError):
+    def __init__(self, variant: str, task: str, wanted: tuple[str, ...]) -> None:
+        super().__init__(
+            f"model: variant '{variant}' serves a {task} model; this endpoint needs "
+            f"{' or '.join(wanted)}"
+        )
+
+
+def _split(flat: list[Any], requests: list[Any]) -> list[list[Any]]:
+    parts, start = [], 0
+    for texts in requests:
+        parts.append(flat[start : start + len(texts)])
+        start += len(texts)
+    return parts
