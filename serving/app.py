@@ -112,6 +112,13 @@ AuthHeader = Annotated[
 ]
 
 
+# Helpers sit above the class: Serve serialises the ingress class when it is defined.
+async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for item in rest:
+        yield item
+
+
 @serve.deployment(name=INGRESS)
 @serve.ingress(api)
 class Ingress:
@@ -414,12 +421,6 @@ class Ingress:
             f"variant '{variant}' is at capacity; retry in {retry} s",
             headers={"Retry-After": str(retry)},
         )
-
-
-async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
-    yield first
-    async for item in rest:
-        yield item
 
 
 # ---------------------------------------------------------------- application builder

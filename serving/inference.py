@@ -106,8 +106,8 @@ class Generation:
         """Generate one token; the new text (possibly empty). Sets `finish_reason` at the end."""
         if self.finish_reason:
             return ""
-        out = self._loaded.model(input_ids=self._ids, past_key_values=self._past, use_cache=True)
-        self._past = out.past_key_values
+        out = self._loaded.model(input_ids=self._ids, cache=self._past, use_cache=True)
+        self._past = out.cache
         token = _sample(out.logits[0, -1], self._temperature, self._top_p, self._gen)
         eos = self._loaded.tokenizer.eos_token_id
         if token == eos:

@@ -130,9 +130,7 @@ def tiny_classifier_recipe(tmp_path: Path, base: str, **sections: Any) -> dict[s
 SENTIMENT_LABELS = ["rotten", "fresh"]
 
 
-def export_tiny_classifier(
-    out: Path, *, seed: int, layers: int = 2, accuracy: float = 0.8
-) -> Path:
+def export_tiny_classifier(out: Path, *, seed: int, layers: int = 2, accuracy: float = 0.8) -> Path:
     """A random tiny BERT classifier exported as fmstack does (manifest, checksums)."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification

@@ -1,0 +1,187 @@
+"""Serving without Ray: the config, routing policies, the Serve config, auth, generation."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from serving import parse_serve_config, serve_config
+from serving.auth import AuthError, Keys
+from serving.config import AuthConfig, load_serve_config
+from serving.routing import UnknownVariant, needs_fallback, pick_variant, should_shadow
+from training import RecipeError
+
+CONFIGS = sorted(Path("configs/serve").glob("*.yaml"))
+
+
+def config(**extra):
+    data = {
+        "variants": {
+            "full": {"model": "models:/sentiment@production"},
+            "distilled": {"model": "models:/sentiment-student@production"},
+        }
+    }
+    return parse_serve_config({**data, **extra})
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_serving_configs_validate(path):
+    cfg = load_serve_config(path)
+    assert cfg.variants
+
+
+@pytest.mark.parametrize(
+    ("routes", "message"),
+    [
+        ({"classify": {"policy": "fixed", "variant": "nope"}}, "routes.classify names nope"),
+        ({"classify": {"policy": "cascade", "variant": "distilled"}}, "needs `fallback`"),
+        ({"classify": {"policy": "weighted"}}, "needs `weights`"),
+        ({"classify": {"policy": "weighted", "weights": {"full": 0}}}, "must not all be zero"),
+        ({"summarize": {"variant": "full"}}, "routes.summarize"),
+    ],
+)
+def test_bad_routes_name_the_key(routes, message):
+    with pytest.raises(RecipeError, match=message):
+        config(routes=routes)
+
+
+def test_autoscaling_bounds_are_checked():
+    with pytest.raises(RecipeError, match="max_replicas .* at least min_replicas"):
+        parse_serve_config({"variants": {"a": {"model": "x", "autoscaling": {"min_replicas": 3}}}})
+
+
+def test_fixed_and_requested_variants():
+    cfg = config(routes={"classify": {"policy": "fixed", "variant": "distilled"}})
+    route, rng, known = cfg.routes["classify"], random.Random(0), list(cfg.variants)
+    assert pick_variant(route, None, known, rng) == "distilled"
+    assert pick_variant(route, "auto", known, rng) == "distilled"
+    assert pick_variant(route, "full", known, rng) == "full"
+    with pytest.raises(UnknownVariant, match="unknown variant 'big'; use one of full, distilled"):
+        pick_variant(route, "big", known, rng)
+
+
+def test_weighted_split_lands_within_tolerance():
+    cfg = config(
+        routes={"classify": {"policy": "weighted", "weights": {"full": 9, "distilled": 1}}}
+    )
+    route, rng = cfg.routes["classify"], random.Random(0)
+    picks = [pick_variant(route, None, ["full", "distilled"], rng) for _ in range(10_000)]
+    assert abs(picks.count("distilled") / len(picks) - 0.1) < 0.01
+
+
+def test_cascade_escalates_only_unsure_auto_requests():
+    cfg = config(
+        routes={
+            "classify": {
+                "policy": "cascade",
+                "variant": "distilled",
+                "fallback": "full",
+                "threshold": 0.8,
+            }
+        }
+    )
+    route = cfg.routes["classify"]
+    assert needs_fallback(route, None, 0.79)
+    assert not needs_fallback(route, None, 0.8)
+    assert not needs_fallback(route, "distilled", 0.5)  # an explicit variant is never overruled
+
+
+def test_shadow_samples_and_never_mirrors_to_itself():
+    cfg = config(
+        routes={
+            "classify": {
+                "policy": "fixed",
+                "variant": "full",
+                "shadow": {"variant": "distilled", "sample": 0.25},
+            }
+        }
+    )
+    route, rng = cfg.routes["classify"], random.Random(0)
+    mirrored = sum(should_shadow(route, "full", rng) for _ in range(4000))
+    assert 900 < mirrored < 1100
+    assert not any(should_shadow(route, "distilled", rng) for _ in range(100))
+
+
+def test_serve_config_pins_only_change_user_config():
+    """A promotion changes user_config and nothing Serve hashes into the code version, so
+    Serve reconfigures the running replicas instead of replacing them."""
+    from ray.serve._private.deploy_utils import get_app_code_version
+    from ray.serve.schema import ServeDeploySchema
+
+    cfg = config(registry="/tmp/registry")
+    before = serve_config(cfg)
+    after = serve_config(cfg, {"full": 2})
+    apps = [ServeDeploySchema.model_validate(c).applications[0] for c in (before, after)]
+    assert get_app_code_version(apps[0]) == get_app_code_version(apps[1])
+    deployments = {d["name"]: d for d in after["applications"][0]["deployments"]}
+    assert deployments["model-full"]["user_config"]["version"] == 2
+    assert deployments["model-distilled"]["user_config"]["version"] is None
+    assert set(deployments) == {"Ingress", "model-full", "model-distilled"}
+    assert parse_serve_config(after["applications"][0]["args"]) == cfg
+    with pytest.raises(ValueError, match="unknown variant big"):
+        serve_config(cfg, {"big": 1})
+
+
+def test_keys_from_env_and_file(tmp_path, monkeypatch):
+    secret = tmp_path / "keys"
+    secret.write_text("# mounted secret\nfile-key\n")
+    monkeypatch.setenv("FMSTACK_API_KEYS", "env-key, other")
+    monkeypatch.setenv("FMSTACK_ADMIN_KEYS", "admin-key")
+    keys = Keys.from_config(AuthConfig(enabled=True, keys_file=str(secret)))
+    for good in ("env-key", "other", "file-key", "admin-key"):
+        keys.check(f"Bearer {good}", admin=False)
+    keys.check("bearer admin-key", admin=True)
+    for header, status in [
+        (None, 401),
+        ("Bearer ", 401),
+        ("Basic env-key", 401),
+        ("Bearer wrong", 401),
+        ("Bearer # mounted secret", 401),
+    ]:
+        with pytest.raises(AuthError) as err:
+            keys.check(header, admin=False)
+        assert err.value.status == status
+    with pytest.raises(AuthError) as err:
+        keys.check("Bearer env-key", admin=True)
+    assert err.value.status == 403
+    Keys.from_config(AuthConfig(enabled=False)).check(None, admin=True)
+
+
+def test_auth_without_keys_refuses_to_start(monkeypatch):
+    monkeypatch.delenv("FMSTACK_API_KEYS", raising=False)
+    monkeypatch.delenv("FMSTACK_ADMIN_KEYS", raising=False)
+    with pytest.raises(ValueError, match="no keys were found"):
+        Keys.from_config(AuthConfig(enabled=True))
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    from tests.conftest import export_tiny_causal_lm
+    from training import load_model
+
+    return load_model(export_tiny_causal_lm(tmp_path_factory.mktemp("lm")))
+
+
+def test_generation_streams_what_it_returns_and_honours_limits(tiny_lm):
+    from serving.inference import Generation
+
+    gen = Generation(tiny_lm, "The whale", max_new_tokens=12, temperature=0.8, seed=3)
+    pieces = list(gen)
+    assert "".join(pieces) == gen.text
+    assert gen.tokens == 12 and gen.finish_reason == "length"
+    again = Generation(tiny_lm, "The whale", max_new_tokens=12, temperature=0.8, seed=3)
+    assert "".join(again) == gen.text  # a seed makes sampling reproducible
+
+
+def test_generation_cuts_at_a_stop_string(tiny_lm):
+    from serving.inference import Generation
+
+    free = Generation(tiny_lm, "Call me", max_new_tokens=16)
+    text = "".join(free)
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    assert stop.strip()
+    cut = Generation(tiny_lm, "Call me", max_new_tokens=16, stop=[stop])
+    assert "".join(cut) == cut.text == text[: text.find(stop)]
+    assert cut.finish_reason == "stop"
