@@ -5,7 +5,6 @@ one `ModelServer` deployment per variant.
 (`import_path: serving.app:build_app`, `args:` the serving config).
 """
 
-
 import asyncio
 import json
 import random
