@@ -31,6 +31,7 @@ from serving.schemas import (
     ErrorResponse,
     GenerateRequest,
     GenerateResponse,
+    Prediction,
     PromoteRequest,
 )
 
@@ -221,7 +222,7 @@ class Ingress:
             self._mirror("classify", route, body.texts, predictions)
         self.metrics.record("classify", variant, 200, time.perf_counter() - start)
         return ClassifyResponse(
-            predictions=predictions,
+            predictions=[Prediction(**p) for p in predictions],
             variant=variant,
             version=answer["version"],
             escalated=escalated,
@@ -469,9 +470,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """The Serve application for a serving config (a Serve application builder)."""
     config = parse_serve_config(args, "serve application args")
     models = {
-        name: serve.deployment(ModelServer)
+        name: serve.deployment(ModelServer)  # type: ignore[attr-defined]
         .options(**deployment_options(config, name))
         .bind(name, config.registry)
         for name in config.variants
     }
-    return Ingress.options(**ingress_options(config)).bind(config.model_dump(mode="json"), models)
+    ingress: Any = Ingress  # a Serve Deployment once decorated
+    return ingress.options(**ingress_options(config)).bind(config.model_dump(mode="json"), models)

@@ -4,7 +4,7 @@ replica (Ray's metrics agent serves them to Prometheus with the other Ray and Se
 from __future__ import annotations
 
 LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
-BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
 
 
 class ModelMetrics:

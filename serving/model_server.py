@@ -97,8 +97,9 @@ class ModelServer:
         size = int(settings.get("max_batch_size", 16))
         wait = float(settings.get("batch_wait_timeout_s", 0.005))
         for method in (self._classify_batch, self._embed_batch):
-            method.set_max_batch_size(size)  # type: ignore[attr-defined]
-            method.set_batch_wait_timeout_s(wait)  # type: ignore[attr-defined]
+            batcher: Any = method  # @serve.batch adds the setters
+            batcher.set_max_batch_size(size)
+            batcher.set_batch_wait_timeout_s(wait)
         self._settings = settings
         await self._switch(settings["model"], settings.get("version"))
         if self._watcher is None and float(settings.get("watch_interval_s", 0)) > 0:
