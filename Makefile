@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration lint format bench bench-distill clean
+.PHONY: help setup demo test test-unit test-integration lint format bench bench-distill bench-serve clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ bench: setup ## Benchmarks side by side with plain baselines (quick size)
 
 bench-distill: setup ## Distilled student vs teacher, int8 and labels-only baseline (registry models)
 	$(PY) -m benchmarks.distill --teacher models:/sentiment@candidate --student models:/sentiment-student@candidate --baseline models:/sentiment-student-labels-only@candidate
+
+bench-serve: setup ## /v1/classify on Ray Serve (full, distilled; batching on/off) vs a plain FastAPI server
+	$(PY) -m benchmarks.serve --full models:/sentiment@candidate --distilled models:/sentiment-student@candidate
 
 clean: ## Remove local runs and caches (keeps the venv and the data cache)
 	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

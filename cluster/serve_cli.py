@@ -229,6 +229,37 @@ def promote(
 
 
 @app.command()
+def ask(
+    texts: Annotated[list[str], typer.Argument(help="Texts to classify")],
+    model: Annotated[
+        str, typer.Option(help="Variant (full, distilled, ...) or auto for the routing policy")
+    ] = "auto",
+    url: Annotated[
+        str, typer.Option(envvar="FMSTACK_URL", help="Base URL of the fmstack application")
+    ] = "http://127.0.0.1:8000",
+) -> None:
+    """Classify texts through the running application; print answers and latency.
+    Sends $FMSTACK_API_KEY as the bearer key when set."""
+    start = time.perf_counter()
+    try:
+        answer = _call_api(f"{url.rstrip('/')}/v1/classify", {"texts": texts, "model": model})
+    except urllib.error.HTTPError as err:
+        _fail(f"HTTP {err.code}: {_error_message(err)}")
+    except (urllib.error.URLError, OSError) as err:
+        _fail(f"cannot reach {url}: {err}; is it up (fmstack serve up)?")
+    latency_ms = (time.perf_counter() - start) * 1000
+    table = Table("text", "label", "score", "answered by", box=None)
+    for text, p in zip(texts, answer["predictions"], strict=True):
+        short = text if len(text) <= 44 else text[:41] + "..."
+        table.add_row(
+            escape(short), p["label"], f"{p['score']:.3f}", f"{p['variant']} ({p['version']})"
+        )
+    console.print(table)
+    escalated = f", {answer['escalated']} escalated to the fallback" if answer["escalated"] else ""
+    console.print(f"model={model}: {latency_ms:.1f} ms for {len(texts)} texts{escalated}")
+
+
+@app.command()
 def down(
     address: AddressOption = DEFAULT_ADDRESS,
     stop_ray: Annotated[
@@ -269,9 +300,12 @@ def _current_pins(client: Any, cfg: ServeConfig) -> dict[str, int]:
 
 
 def _reachable(address: str) -> bool:
+    """Whether a Ray dashboard answers at `address` (any HTTP answer counts, 401 included)."""
     try:
         with urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=3):
             return True
+    except urllib.error.HTTPError:
+        return True
     except (urllib.error.URLError, OSError):
         return False
 
@@ -301,8 +335,11 @@ def _base_url(cfg: ServeConfig) -> str:
     return f"http://{host}:{cfg.http.port}{cfg.route_prefix.rstrip('/')}"
 
 
-def _get_json(url: str, timeout: float = 10) -> Any:
-    request = urllib.request.Request(url)
+def _call_api(url: str, body: Any = None, timeout: float = 60) -> Any:
+    """GET (or POST `body` as JSON) and decode the JSON answer; sends $FMSTACK_API_KEY."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    request.add_header("Content-Type", "application/json")
     key = (os.environ.get("FMSTACK_API_KEY") or "").strip()
     if key:
         request.add_header("Authorization", f"Bearer {key}")
@@ -310,9 +347,16 @@ def _get_json(url: str, timeout: float = 10) -> Any:
         return json.load(response)
 
 
+def _error_message(err: urllib.error.HTTPError) -> str:
+    try:
+        return json.load(err)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return str(err.reason)
+
+
 def _print_variants(base: str) -> None:
     try:
-        models = _get_json(f"{base}/v1/models")
+        models = _call_api(f"{base}/v1/models")
     except (urllib.error.URLError, OSError, ValueError):
         return
     table = Table("variant", "serves", "task", "parameters")
@@ -333,7 +377,7 @@ def _wait_for_version(base: str, variant: str, name: str, number: int, timeout: 
     info: dict[str, Any] = {}
     while time.monotonic() < deadline:
         try:
-            info = _get_json(f"{base}/v1/models")["variants"][variant]
+            info = _call_api(f"{base}/v1/models")["variants"][variant]
         except (urllib.error.URLError, OSError, KeyError, ValueError):
             info = {}
         if info.get("version") == version:

@@ -109,7 +109,12 @@ def served(ray_cluster, serving_registry, tmp_path_factory):
                 **small,
                 "batching": {"max_batch_size": 1},
             },
-            "lm": {"model": "models:/tiny-lm@production", **small},
+            "lm": {
+                "model": "models:/tiny-lm@production",
+                **small,
+                "max_ongoing_requests": 1,
+                "max_queued_requests": 1,
+            },
         },
         "routes": {
             "classify": {
@@ -332,6 +337,18 @@ def test_bad_input_gets_a_4xx_that_says_what_to_fix(served, path, body, raw, sta
     got, _, answer = request(served["base"], path, body, raw=raw)
     assert got == status, answer
     assert answer["error"]["type"] == kind and answer["error"]["message"]
+
+
+def test_over_capacity_is_a_503_with_retry_after(served):
+    base = served["base"]
+    body = {"prompt": "The whale", "max_new_tokens": 64}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: request(base, "/v1/generate", body), range(8)))
+    statuses = sorted(status for status, _, _ in answers)
+    assert 200 in statuses and 503 in statuses and set(statuses) == {200, 503}
+    status, headers, refused = next(a for a in answers if a[0] == 503)
+    assert refused["error"]["type"] == "over_capacity" and headers["retry-after"] == "1"
+    assert request(base, "/v1/generate", body)[0] == 200
 
 
 def test_server_stays_healthy_after_bad_input(served):

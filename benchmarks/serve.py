@@ -1,0 +1,369 @@
+"""Serving benchmark: fmstack's `/v1/classify` on Ray Serve side by side with a plain server.
+
+    .venv/bin/python -m benchmarks.serve --full REF --distilled REF
+        [--threads 2] [--repeats 2] [--concurrency 1 8 32] [--out DIR]
+
+REF is an export directory or a registry reference such as `models:/sentiment@candidate`.
+
+Cases, interleaved over rounds, each at every concurrency (one text per request, texts from the
+full model's test split, sent to 127.0.0.1 by an asyncio client that keeps `concurrency`
+requests in flight):
+
+- `fmstack-full`, `fmstack-distilled`: the Serve application with dynamic batching
+  (up to 32 requests, 5 ms wait);
+- `fmstack-full-nobatch`, `fmstack-distilled-nobatch`: the same with `max_batch_size: 1`;
+- `plain-full`, `plain-distilled`: the same model behind a minimal FastAPI + transformers app
+  under uvicorn (`benchmarks/plain_server.py`), one forward pass per request.
+
+Every model runs with `torch.set_num_threads(threads)` in one replica or process. Figures: QPS,
+p50 and p99 latency (ms), errors. Targets: Serve adds at most 5 ms at p50 at concurrency 1
+(fmstack-full-nobatch vs plain-full); with batching fmstack reaches at least 2x plain's QPS at
+concurrency 32 at equal or better p99; distilled reaches at least 3x full's QPS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import Case, Figures, Report, ratio, run_interleaved
+from benchmarks.pretrain import _cpu_info, _versions
+from cluster import handover
+from cluster.evaluate import held_out_split
+from training import load_model
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REQUESTS = {1: 80, 8: 240, 32: 480}
+WARMUP = 16
+LABELS = {"qps": "QPS", "p50_ms": "p50 ms", "p99_ms": "p99 ms", "errors": "errors"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _load(url: str, bodies: list[dict], concurrency: int, requests: int) -> Figures:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(WARMUP + requests))
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        for i in counter:
+            start = time.perf_counter()
+            async with session.post(url, json=bodies[i % len(bodies)]) as response:
+                await response.read()
+                ok = response.status == 200
+            if i >= WARMUP:
+                latencies.append(time.perf_counter() - start)
+                errors += not ok
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        # Warm-up requests run first, one at a time, and are not timed.
+        for _ in range(WARMUP):
+            i = next(counter)
+            async with session.post(url, json=bodies[i % len(bodies)]) as response:
+                await response.read()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ms = [t * 1000 for t in latencies]
+    return {
+        "qps": len(latencies) / elapsed,
+        "p50_ms": statistics.median(ms),
+        "p99_ms": percentile(ms, 0.99),
+        "errors": errors,
+    }
+
+
+def load_case(url: str, bodies: list[dict], concurrency: int) -> Callable[[], Figures]:
+    def run() -> Figures:
+        return asyncio.run(_load(url, bodies, concurrency, REQUESTS.get(concurrency, 240)))
+
+    return run
+
+
+def _wait_http(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def start_plain_server(model_dir: str, threads: int) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.plain_server",
+            "--model",
+            model_dir,
+            "--port",
+            str(port),
+            "--threads",
+            str(threads),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    base = f"http://127.0.0.1:{port}"
+    _wait_http(f"{base}/healthz")
+    return process, base
+
+
+def serving_config(full: str, distilled: str, threads: int, port: int) -> dict[str, Any]:
+    def variant(model: str, batch: int) -> dict[str, Any]:
+        return {
+            "model": model,
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            "batching": {"max_batch_size": batch, "batch_wait_timeout_s": 0.005},
+            "max_ongoing_requests": 64,
+            "max_queued_requests": -1,
+            "num_cpus": 0.1,
+            "threads": threads,
+            "watch_interval_s": 0,
+        }
+
+    return {
+        "name": "bench",
+        "http": {"host": "127.0.0.1", "port": port},
+        "variants": {
+            "full": variant(full, 32),
+            "full-nobatch": variant(full, 1),
+            "distilled": variant(distilled, 32),
+            "distilled-nobatch": variant(distilled, 1),
+        },
+        "limits": {"max_texts": 64},
+    }
+
+
+def run_benchmark(
+    full: str,
+    distilled: str,
+    *,
+    threads: int = 2,
+    repeats: int = 2,
+    concurrency: tuple[int, ...] = (1, 8, 32),
+    max_examples: int = 512,
+    out_dir: str | Path = RESULTS_DIR,
+) -> tuple[Report, Path, Path]:
+    import ray
+
+    from serving import ServeClient, parse_serve_config, serve_config
+
+    started = time.time()
+    load_start = os.getloadavg()
+    dirs = {"full": handover.resolve_model(full), "distilled": handover.resolve_model(distilled)}
+    models = {name: load_model(path) for name, path in dirs.items()}
+    split = held_out_split([full, distilled], list(models.values()), "test", max_examples)
+    params = {name: m.parameters for name, m in models.items()}
+    del models
+    bodies = [{"texts": [t]} for t in split.texts]
+
+    plain = {name: start_plain_server(str(path), threads) for name, path in dirs.items()}
+    ctx = ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    client = ServeClient(f"http://{ctx.dashboard_url}")
+    port = _free_port()
+    try:
+        cfg = parse_serve_config(
+            serving_config(str(dirs["full"]), str(dirs["distilled"]), threads, port)
+        )
+        client.deploy(serve_config(cfg))
+        client.wait(cfg.name, timeout_s=600)
+        base = f"http://127.0.0.1:{port}"
+        cases = []
+        for c in concurrency:
+            group = f"concurrency {c}"
+            for variant in ("full", "full-nobatch", "distilled", "distilled-nobatch"):
+                fm_bodies = [{**b, "model": variant} for b in bodies]
+                cases.append(
+                    Case(
+                        f"fmstack-{variant}-c{c}",
+                        load_case(f"{base}/v1/classify", fm_bodies, c),
+                        group,
+                        params={"concurrency": c, "variant": variant},
+                    )
+                )
+            for name, (_, url) in plain.items():
+                cases.append(
+                    Case(
+                        f"plain-{name}-c{c}",
+                        load_case(f"{url}/classify", bodies, c),
+                        group,
+                        params={"concurrency": c, "model": name},
+                    )
+                )
+        results = run_interleaved(cases, repeats)
+    finally:
+        client.delete()
+        ray.shutdown()
+        for process, _ in plain.values():
+            process.terminate()
+            process.wait(30)
+
+    top = max(concurrency)
+    found = [
+        ratio(
+            results,
+            f"fmstack-full / plain-full, QPS at c{top}",
+            f"fmstack-full-c{top}",
+            f"plain-full-c{top}",
+            "qps",
+        ),
+        ratio(
+            results,
+            f"fmstack-full / plain-full, p99 at c{top}",
+            f"fmstack-full-c{top}",
+            f"plain-full-c{top}",
+            "p99_ms",
+        ),
+        ratio(
+            results,
+            f"fmstack-full-nobatch / plain-full, QPS at c{top}",
+            f"fmstack-full-nobatch-c{top}",
+            f"plain-full-c{top}",
+            "qps",
+        ),
+        ratio(
+            results,
+            f"fmstack-distilled / fmstack-full, QPS at c{top}",
+            f"fmstack-distilled-c{top}",
+            f"fmstack-full-c{top}",
+            "qps",
+        ),
+        ratio(
+            results,
+            f"plain-distilled / plain-full, QPS at c{top}",
+            f"plain-distilled-c{top}",
+            f"plain-full-c{top}",
+            "qps",
+        ),
+        ratio(
+            results,
+            f"fmstack-distilled / plain-distilled, QPS at c{top}",
+            f"fmstack-distilled-c{top}",
+            f"plain-distilled-c{top}",
+            "qps",
+        ),
+    ]
+    notes = target_notes(results, found, top)
+    notes += [
+        f"load: one text per request from the test split ({len(split.texts)} texts, cycled); "
+        f"requests per case {', '.join(f'{REQUESTS[c]} at c{c}' for c in concurrency)}, after "
+        f"{WARMUP} untimed warm-up requests; an asyncio client (aiohttp) on the same machine.",
+        f"threads: torch.set_num_threads({threads}) in every model replica and plain server; "
+        "one replica per variant; Serve's proxy and ingress share the same cores.",
+        f"models: full {params['full']:,} parameters ({full}), distilled "
+        f"{params['distilled']:,} ({distilled}).",
+        f"load average (1 min) {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at "
+        f"the end, on {os.cpu_count()} CPUs.",
+    ]
+    report = Report(
+        name="serve",
+        title="serving benchmark",
+        repeats=repeats,
+        cases=results,
+        ratios=found,
+        meta={
+            "machine": _cpu_info(),
+            "versions": _versions(),
+            "threads": threads,
+            "concurrency": list(concurrency),
+            "requests": REQUESTS,
+            "models": {"full": full, "distilled": distilled, "parameters": params},
+            "wall_seconds": round(time.time() - started, 1),
+        },
+        notes=notes,
+        labels=LABELS,
+    )
+    json_path, md_path = report.write(out_dir)
+    print(report.markdown(), flush=True)
+    print(f"wrote {json_path} and {md_path}", flush=True)
+    return report, json_path, md_path
+
+
+def target_notes(results: list, found: list, top: int) -> list[str]:
+    by_name = {r.name: r for r in results}
+    notes = []
+
+    def median(case: str, figure: str) -> float | None:
+        res = by_name.get(case)
+        values = res.values(figure) if res else []
+        return statistics.median(values) if values else None
+
+    fm, plain = median("fmstack-full-nobatch-c1", "p50_ms"), median("plain-full-c1", "p50_ms")
+    if fm is not None and plain is not None:
+        added = fm - plain
+        verdict = "PASS" if added <= 5 else "FAIL"
+        notes.append(
+            f"{verdict}: Serve adds at most 5 ms at p50 at concurrency 1 (fmstack-full-nobatch "
+            f"{fm:.1f} ms - plain-full {plain:.1f} ms = {added:+.1f} ms)."
+        )
+    by_label = {r.label: r for r in found}
+    for label, target, higher in [
+        (f"fmstack-full / plain-full, QPS at c{top}", 2.0, True),
+        (f"fmstack-full / plain-full, p99 at c{top}", 1.0, False),
+        (f"fmstack-distilled / fmstack-full, QPS at c{top}", 3.0, True),
+    ]:
+        stat = by_label[label].stat
+        if stat is None:
+            notes.append(f"NOT CHECKED: {label} ({by_label[label].reason}).")
+            continue
+        met = stat.median >= target if higher else stat.median <= target
+        sign = ">=" if higher else "<="
+        notes.append(
+            f"{'PASS' if met else 'FAIL'}: {label} {sign} {target:g} (median {stat.median:.2f})."
+        )
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--full", required=True, help="export directory or models:/name@alias")
+    parser.add_argument("--distilled", required=True, help="the distilled student")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per model")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of interleaved cases")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--out", default=str(RESULTS_DIR), help="where reports are written")
+    args = parser.parse_args(argv)
+    run_benchmark(
+        args.full,
+        args.distilled,
+        threads=args.threads,
+        repeats=args.repeats,
+        concurrency=tuple(args.concurrency),
+        out_dir=args.out,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
