@@ -135,7 +135,7 @@ def up(
     cfg = _load(config, set)
     _check_models(cfg)
     if address == DEFAULT_ADDRESS and not _reachable(address):
-        _start_local_ray(num_cpus)
+        address = _start_local_ray(num_cpus)
     client = _client(address)
     try:
         pins = _current_pins(client, cfg)
@@ -263,7 +263,7 @@ def ask(
 def down(
     address: AddressOption = DEFAULT_ADDRESS,
     stop_ray: Annotated[
-        bool, typer.Option("--stop-ray", help="Also stop the local Ray cluster (ray stop)")
+        bool, typer.Option("--stop-ray", help="Also stop Ray on this machine (`ray stop`)")
     ] = False,
 ) -> None:
     """Delete the Serve applications (and, with --stop-ray, stop the local Ray cluster)."""
@@ -315,8 +315,10 @@ def _ray_bin() -> str:
     return str(here) if here.exists() else (shutil.which("ray") or "ray")
 
 
-def _start_local_ray(num_cpus: int | None) -> None:
-    """`ray start --head` on this machine, its dashboard on the default address."""
+def _start_local_ray(num_cpus: int | None) -> str:
+    """`ray start --head` on this machine; returns its dashboard address."""
+    import re
+
     cmd = [_ray_bin(), "start", "--head", "--dashboard-host", "127.0.0.1", "--disable-usage-stats"]
     if num_cpus:
         cmd += ["--num-cpus", str(num_cpus)]
@@ -324,10 +326,16 @@ def _start_local_ray(num_cpus: int | None) -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             _fail(f"ray start failed:\n{done.stderr or done.stdout}")
+        said = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)  # no colours
+        found = re.search(r"dashboard at\s+(?:http://)?([\w.-]+:\d+)", said)
+        address = f"http://{found.group(1)}" if found else DEFAULT_ADDRESS
         deadline = time.monotonic() + 60
-        while not _reachable(DEFAULT_ADDRESS) and time.monotonic() < deadline:
+        while not _reachable(address) and time.monotonic() < deadline:
             time.sleep(1)
-    console.print("started a local Ray cluster; `fmstack serve down --stop-ray` stops it")
+    console.print(
+        f"started a local Ray cluster (dashboard {address}); `fmstack serve down --stop-ray` stops it"
+    )
+    return address
 
 
 def _base_url(cfg: ServeConfig) -> str:

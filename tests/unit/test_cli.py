@@ -14,11 +14,13 @@ def _commands(typer_app: typer.Typer) -> set[str]:
 
 
 def test_command_list_is_pinned():
-    assert _commands(app) == {"pretrain", "finetune", "distill", "eval", "job", "models"}
+    assert _commands(app) == {"pretrain", "finetune", "distill", "eval", "job", "models", "serve"}
     group = typer.main.get_group(app)
     assert set(group.commands["job"].commands) == {"submit", "status", "logs", "stop", "list"}
     models = group.commands["models"].commands
     assert set(models) == {"list", "show", "register", "promote", "rollback"}
+    serve = group.commands["serve"].commands
+    assert set(serve) == {"build", "up", "status", "ask", "promote", "down"}
 
 
 def test_job_options_are_pinned():
@@ -31,3 +33,46 @@ def test_help_lists_every_command():
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
     assert "pretrain" in result.output and "job" in result.output
+
+
+def test_serve_build_writes_the_serve_config(tmp_path):
+    import yaml
+
+    out = tmp_path / "serve.yaml"
+    result = CliRunner().invoke(
+        app,
+        [
+            "serve",
+            "build",
+            "-c",
+            "configs/serve/sentiment.yaml",
+            "-o",
+            str(out),
+            "--set",
+            "http.host=0.0.0.0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load(out.read_text())
+    assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    app_config = config["applications"][0]
+    assert app_config["import_path"] == "serving.app:build_app"
+    names = [d["name"] for d in app_config["deployments"]]
+    assert names == ["Ingress", "model-full", "model-distilled", "model-generator"]
+
+
+def test_serve_up_refuses_a_bad_config_before_touching_a_cluster(tmp_path):
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        "variants: {full: {model: models:/nothing@production}}\n"
+        "routes: {classify: {policy: cascade, variant: full}}\n"
+    )
+    result = CliRunner().invoke(app, ["serve", "up", "-c", str(config)])
+    assert result.exit_code == 2
+    assert "routes.classify" in result.output and "fallback" in result.output
+
+    config.write_text(
+        f"registry: {tmp_path / 'registry'}\nvariants: {{full: {{model: models:/nothing@production}}}}\n"
+    )
+    result = CliRunner().invoke(app, ["serve", "up", "-c", str(config)])
+    assert result.exit_code == 2 and "variants.full.model" in result.output
