@@ -185,28 +185,40 @@ def status(address: AddressOption = DEFAULT_ADDRESS) -> None:
 
 @app.command()
 def promote(
-    config: ConfigOption,
     variant: Annotated[str, typer.Argument(help="The variant to move, e.g. full")],
     version: Annotated[int, typer.Argument(help="Registry version to serve")],
     require: Annotated[
         list[str] | None,
         typer.Option("--require", help="Metric gate, e.g. accuracy>=0.80 (repeatable)"),
     ] = None,
+    application: Annotated[
+        str, typer.Option("--app", help="Serve application name (the config's `name`)")
+    ] = "fmstack",
     address: AddressOption = DEFAULT_ADDRESS,
-    set: SetOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the replicas")] = 300,
 ) -> None:
     """Move the variant's registry alias to VERSION (gated on metrics) and reload its running
     replicas in place: the new model loads beside the old, then takes over."""
-    from serving import ServeClient, serve_config
-    from training import load_model
+    from serving import parse_serve_config, running_serve_config, with_pinned_version
+    from training import RecipeError, load_model
 
-    cfg = _load(config, set)
+    client = _client(address)
+    try:
+        running = running_serve_config(client.details())
+    except (RuntimeError, OSError) as err:
+        _fail(describe(err, address))
+    app_config = next((a for a in running["applications"] if a.get("name") == application), None)
+    if app_config is None:
+        _fail(f"no application {application} runs on {address} (fmstack serve status)", 2)
+    try:
+        cfg = parse_serve_config(app_config.get("args") or {}, f"application {application}")
+    except RecipeError as err:
+        _fail(f"application {application} was not deployed by fmstack: {err}", 2)
     if variant not in cfg.variants:
-        _fail(f"unknown variant {variant}; have {', '.join(cfg.variants)}", 2)
+        _fail(f"unknown variant {variant}; {application} has {', '.join(cfg.variants)}", 2)
     ref = cfg.variants[variant].model
     if not is_model_ref(ref) or parse_ref(ref).alias is None:
-        _fail(f"variants.{variant}.model is {ref}, not a registry alias (models:/name@alias)", 2)
+        _fail(f"variant {variant} serves {ref}, not a registry alias (models:/name@alias)", 2)
     parsed = parse_ref(ref)
     registry = Registry(cfg.registry or default_root())
     try:
@@ -218,13 +230,18 @@ def promote(
     except Exception as err:  # noqa: BLE001 - any reason a version cannot serve is reported
         _fail(f"refused: {parsed.name}@{version} cannot be served: {err}", 3)
     console.print(f"{target.name}@{parsed.alias} -> {target.version}")
-    client: ServeClient = _client(address)
+    pinned = with_pinned_version(running, application, cfg.deployment_name(variant), version)
     try:
-        pins = {**_current_pins(client, cfg), variant: version}
-        client.deploy(serve_config(cfg, pins))
+        client.deploy(pinned)
     except (RuntimeError, OSError) as err:
         _fail(describe(err, address))
-    serving_now = _wait_for_version(_base_url(cfg), variant, target.name, version, timeout)
+    http = running.get("http_options") or {}
+    host = http.get("host", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = (
+        f"http://{host}:{http.get('port', 8000)}{app_config.get('route_prefix', '/').rstrip('/')}"
+    )
+    serving_now = _wait_for_version(base, variant, target.name, version, timeout)
     console.print(f"[green]{variant}[/green] now serves {serving_now}")
 
 
@@ -333,7 +350,8 @@ def _start_local_ray(num_cpus: int | None) -> str:
         while not _reachable(address) and time.monotonic() < deadline:
             time.sleep(1)
     console.print(
-        f"started a local Ray cluster (dashboard {address}); `fmstack serve down --stop-ray` stops it"
+        f"started a local Ray cluster (dashboard {address}); "
+        "`fmstack serve down --stop-ray` stops it"
     )
     return address
 

@@ -2,7 +2,15 @@
 variant, routing policies, auth, metrics) and the Serve config that runs it."""
 
 from serving.config import ServeConfig, VariantConfig, load_serve_config, parse_serve_config
-from serving.deploy import DeployError, ServeClient, pins_of, serve_config, summarize
+from serving.deploy import (
+    DeployError,
+    ServeClient,
+    pins_of,
+    running_serve_config,
+    serve_config,
+    summarize,
+    with_pinned_version,
+)
 
 __all__ = [
     "DeployError",
@@ -12,6 +20,8 @@ __all__ = [
     "load_serve_config",
     "parse_serve_config",
     "pins_of",
+    "running_serve_config",
     "serve_config",
     "summarize",
+    "with_pinned_version",
 ]

@@ -63,6 +63,37 @@ def pins_of(details: dict[str, Any], config: ServeConfig) -> dict[str, int]:
     return pins
 
 
+def running_serve_config(details: dict[str, Any]) -> dict[str, Any]:
+    """The Serve config of what runs now (the applications deployed from a config)."""
+    apps = [
+        app["deployed_app_config"]
+        for app in (details.get("applications") or {}).values()
+        if app.get("deployed_app_config")
+    ]
+    config: dict[str, Any] = {"applications": apps}
+    for key in ("proxy_location", "http_options"):
+        if details.get(key):
+            config[key] = details[key]
+    return config
+
+
+def with_pinned_version(
+    serve_cfg: dict[str, Any], app_name: str, deployment: str, version: int
+) -> dict[str, Any]:
+    """A copy of a Serve config in which one model deployment's user_config pins `version`."""
+    import copy
+
+    out = copy.deepcopy(serve_cfg)
+    for app in out["applications"]:
+        if app.get("name") != app_name:
+            continue
+        for entry in app.get("deployments", []):
+            if entry.get("name") == deployment:
+                entry["user_config"] = {**(entry.get("user_config") or {}), "version": version}
+                return out
+    raise LookupError(f"application {app_name} has no deployment {deployment}")
+
+
 class ServeClient:
     """The Serve REST API of one Ray cluster (its dashboard address)."""
 

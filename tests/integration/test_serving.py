@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from serving import ServeClient, parse_serve_config, serve_config
@@ -140,14 +139,11 @@ def served(ray_cluster, serving_registry, tmp_path_factory):
     client = ServeClient(ray_cluster)
     deploy = _deployer(client, main_cfg, secure_cfg)
     deploy({})
-    config_file = tmp / "serve.yaml"
-    config_file.write_text(yaml.safe_dump(main))
     try:
         yield {
             "base": f"http://127.0.0.1:{port}",
             "client": client,
             "config": main_cfg,
-            "config_file": config_file,
             "deploy": deploy,
             "registry": registry,
             "address": ray_cluster,
@@ -455,8 +451,6 @@ def test_promotion_under_traffic_fails_no_request(served):
                 "promote",
                 "full",
                 "2",
-                "--config",
-                str(served["config_file"]),
                 "--address",
                 served["address"],
                 "--require",
@@ -485,8 +479,6 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(served):
         "promote",
         "full",
         str(broken.version),
-        "--config",
-        str(served["config_file"]),
         "--address",
         served["address"],
     ]

@@ -72,7 +72,8 @@ def test_serve_up_refuses_a_bad_config_before_touching_a_cluster(tmp_path):
     assert "routes.classify" in result.output and "fallback" in result.output
 
     config.write_text(
-        f"registry: {tmp_path / 'registry'}\nvariants: {{full: {{model: models:/nothing@production}}}}\n"
+        f"registry: {tmp_path / 'registry'}\n"
+        "variants: {full: {model: models:/nothing@production}}\n"
     )
     result = CliRunner().invoke(app, ["serve", "up", "-c", str(config)])
     assert result.exit_code == 2 and "variants.full.model" in result.output

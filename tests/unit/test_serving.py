@@ -185,3 +185,22 @@ def test_generation_cuts_at_a_stop_string(tiny_lm):
     cut = Generation(tiny_lm, "Call me", max_new_tokens=16, stop=[stop])
     assert "".join(cut) == cut.text == text[: text.find(stop)]
     assert cut.finish_reason == "stop"
+
+
+def test_promotion_pins_one_deployment_of_the_running_config():
+    from serving import running_serve_config, with_pinned_version
+
+    deployed = serve_config(config(registry="/tmp/registry"))
+    app = deployed["applications"][0]
+    details = {
+        "http_options": deployed["http_options"],
+        "applications": {"fmstack": {"deployed_app_config": app}, "other": {}},
+    }
+    running = running_serve_config(details)
+    assert running["applications"] == [app]
+    pinned = with_pinned_version(running, "fmstack", "model-distilled", 4)
+    users = {d["name"]: d.get("user_config") for d in pinned["applications"][0]["deployments"]}
+    assert users["model-distilled"]["version"] == 4 and users["model-full"]["version"] is None
+    assert app["deployments"][2]["user_config"]["version"] is None  # the input is unchanged
+    with pytest.raises(LookupError, match="no deployment model-big"):
+        with_pinned_version(running, "fmstack", "model-big", 1)
