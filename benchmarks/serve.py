@@ -185,7 +185,7 @@ def run_benchmark(
     bodies = [{"texts": [t]} for t in split.texts]
 
     plain = {name: start_plain_server(str(path), threads) for name, path in dirs.items()}
-    ctx = ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
     client = ServeClient(f"http://{ctx.dashboard_url}")
     port = _free_port()
     try:

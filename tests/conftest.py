@@ -66,7 +66,7 @@ def ray_cluster():
     """The session's Ray cluster; yields the dashboard (Jobs API) URL."""
     import ray
 
-    ctx = ray.init(num_cpus=2, include_dashboard=True, log_to_driver=True)
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True)
     try:
         yield f"http://{ctx.dashboard_url}"
     finally:

@@ -69,7 +69,8 @@ def ensure_ray(address: str | None, cfg: JobConfig) -> None:
         ray.init(address=address)
         return
     needed = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999)
-    ray.init(num_cpus=max(os.cpu_count() or 1, needed))
+    # "local": a new embedded cluster even when `ray start` (e.g. `fmstack serve up`) runs one.
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed))
 
 
 def build_trainer(
