@@ -7,6 +7,7 @@ everything arrives through the loop config, nothing through module globals.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import sys
@@ -179,6 +180,8 @@ def configure_process(cfg: JobConfig) -> None:
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(cfg.scaling.torch_threads or max(1, int(cfg.scaling.cpus_per_worker)))
     configure_ray_data()
+    # Every evaluation pass over a shard would log its start, end and statistics.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def build_engine(
