@@ -81,4 +81,21 @@ if builder is not None:
 PY
 fi
 
+# 4. Prometheus (and promtool), which the tests start on loopback to scrape fmstack's metrics:
+#    Debian's package where apt can install it; elsewhere install it yourself.
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  if command -v apt-get >/dev/null && $sudo true 2>/dev/null; then
+    say "installing prometheus (Debian package)"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      prometheus >/dev/null 2>&1 \
+      || { $sudo apt-get update -q >/dev/null 2>&1 \
+           && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+                --no-install-recommends prometheus >/dev/null 2>&1; } \
+      || say "could not install prometheus; the tests that scrape metrics will be skipped"
+  else
+    say "prometheus not found (apt-get install prometheus); the tests that scrape metrics will be skipped"
+  fi
+fi
+
 say "ready: venv $VENV, cache $CACHE"

@@ -200,9 +200,11 @@ class TeacherLogits:
 
     def __init__(self, model_dir: str, threads: int) -> None:
         import torch
+        import transformers
         from transformers import AutoModelForSequenceClassification
 
         torch.set_num_threads(threads)
+        transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar per actor
         self.torch = torch
         self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
 
