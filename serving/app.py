@@ -6,6 +6,7 @@ one `ModelServer` deployment per variant.
 """
 
 import asyncio
+import functools
 import json
 import random
 import time
@@ -14,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -77,6 +78,30 @@ api = FastAPI(
 )
 
 
+VARIANT_HEADER = "x-fmstack-variant"
+"""Response header naming the variant that answered (also the `variant` label of metrics)."""
+_ENDPOINTS = {"classify", "embed", "generate", "models", "promote"}
+
+
+@functools.cache
+def _metrics() -> metrics.IngressMetrics:
+    return metrics.IngressMetrics()  # one per ingress replica process
+
+
+@api.middleware("http")
+async def _record(request: Request, call_next: Any) -> Any:
+    """Count every /v1 request by route, variant and status, and time it (to the first byte
+    for a stream)."""
+    start = time.perf_counter()
+    response = await call_next(request)
+    endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+    if "/v1/" in request.url.path:
+        route = endpoint if endpoint in _ENDPOINTS else "other"
+        variant = response.headers.get(VARIANT_HEADER, "none")
+        _metrics().record(route, variant, response.status_code, time.perf_counter() - start)
+    return response
+
+
 @api.exception_handler(ApiError)
 async def _api_error(_: Request, err: ApiError) -> JSONResponse:
     response = _error(err.status, err.kind, err.message)
@@ -126,7 +151,7 @@ class Ingress:
         self.config = parse_serve_config(config)
         self.models = models  # variant -> DeploymentHandle
         self.keys = Keys.from_config(self.config.auth)
-        self.metrics = metrics.IngressMetrics()
+        self.metrics = _metrics()
         self.rng = random.Random()
         self.tasks: dict[str, str] = {}
         self.shadow_stats: dict[str, dict[str, int]] = {}
@@ -184,11 +209,10 @@ class Ingress:
         tags=["inference"],
     )
     async def classify(
-        self, body: ClassifyRequest, authorization: AuthHeader = None
+        self, body: ClassifyRequest, response: Response, authorization: AuthHeader = None
     ) -> ClassifyResponse:
         """Label each text, with its score and every class's probability."""
         self.keys.check(authorization, admin=False)
-        start = time.perf_counter()
         self._check_texts(body.texts)
         route = self._route("classify")
         variant = await self._pick(route, body.model, "classification", "classify")
@@ -220,7 +244,7 @@ class Ingress:
                 )
         if routing.should_shadow(route, variant, self.rng):
             self._mirror("classify", route, body.texts, predictions)
-        self.metrics.record("classify", variant, 200, time.perf_counter() - start)
+        response.headers[VARIANT_HEADER] = variant
         return ClassifyResponse(
             predictions=[Prediction(**p) for p in predictions],
             variant=variant,
@@ -266,16 +290,17 @@ class Ingress:
     # ------------------------------------------------------------ embed
 
     @api.post("/v1/embed", response_model=EmbedResponse, tags=["inference"])
-    async def embed(self, body: EmbedRequest, authorization: AuthHeader = None) -> EmbedResponse:
+    async def embed(
+        self, body: EmbedRequest, response: Response, authorization: AuthHeader = None
+    ) -> EmbedResponse:
         """A vector per text: the mean of the model's last hidden layer."""
         self.keys.check(authorization, admin=False)
-        start = time.perf_counter()
         self._check_texts(body.texts)
         route = self._route("embed")
         variant = await self._pick(route, body.model, None, "embed")
         answer = await self._call(variant, "embed", body.texts, body.normalize)
         vectors = answer["result"]
-        self.metrics.record("embed", variant, 200, time.perf_counter() - start)
+        response.headers[VARIANT_HEADER] = variant
         return EmbedResponse(
             embeddings=vectors,
             dimensions=len(vectors[0]) if vectors else 0,
@@ -291,11 +316,12 @@ class Ingress:
         tags=["inference"],
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    async def generate(self, body: GenerateRequest, authorization: AuthHeader = None) -> Any:
+    async def generate(
+        self, body: GenerateRequest, response: Response, authorization: AuthHeader = None
+    ) -> Any:
         """Continue a prompt; with `stream: true`, tokens arrive as server-sent events
         (`data: {"token": ...}`), then one `event: done` with the whole answer."""
         self.keys.check(authorization, admin=False)
-        start = time.perf_counter()
         limits = self.config.limits
         if len(body.prompt) > limits.max_text_chars:
             raise ApiError(
@@ -317,17 +343,21 @@ class Ingress:
         )
         if not body.stream:
             answer = await self._call(variant, "generate", request)
-            self.metrics.record("generate", variant, 200, time.perf_counter() - start)
+            response.headers[VARIANT_HEADER] = variant
             return GenerateResponse(**answer["result"], variant=variant, version=answer["version"])
-        stream = self._stream(variant, request, start)
+        stream = self._stream(variant, request)
         first = await anext(stream)  # surfaces over-capacity as 503 before the 200 is sent
         return StreamingResponse(
             _prepend(first, stream),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+                VARIANT_HEADER: variant,
+            },
         )
 
-    async def _stream(self, variant: str, request: dict, start: float) -> AsyncIterator[str]:
+    async def _stream(self, variant: str, request: dict) -> AsyncIterator[str]:
         handle = self.models[variant].options(stream=True)
         try:
             async for event in handle.generate_stream.remote(request):
@@ -338,7 +368,6 @@ class Ingress:
                     yield f"event: done\ndata: {json.dumps(done)}\n\n"
         except BackPressureError:
             raise self._over_capacity(variant) from None
-        self.metrics.record("generate", variant, 200, time.perf_counter() - start)
 
     # ------------------------------------------------------------ admin
 

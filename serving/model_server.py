@@ -74,6 +74,9 @@ class ModelServer:
     """A Serve deployment class; `serving.app` binds one per variant."""
 
     def __init__(self, variant: str, registry: str | None) -> None:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
         self.variant = variant
         self.registry = registry
         self._served: Served | None = None

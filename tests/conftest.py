@@ -210,3 +210,70 @@ def serving_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     registry.promote("sentiment-student", 1, "production")
     registry.promote("tiny-lm", 1, "production")
     return root / "registry"
+
+
+# ---------------------------------------------------------------- a real Prometheus
+
+PROMETHEUS_CONFIG = """\
+global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: ray
+    static_configs: [{{targets: {targets}}}]
+    metric_relabel_configs:
+      # Ray's agent puts application metrics in its `ray_` namespace; fmstack's keep their own.
+      - source_labels: [__name__]
+        regex: ray_(fmstack_.*)
+        target_label: __name__
+        replacement: $1
+"""
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path):
+    """Start `prometheus` on loopback scraping the given targets; yields a start function."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip("prometheus is not installed (make setup installs Debian's package)")
+    processes: list[subprocess.Popen] = []
+
+    def start(targets: list[str]) -> str:
+        config = tmp_path / "prometheus.yml"
+        config.write_text(PROMETHEUS_CONFIG.format(targets=targets))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        log = (tmp_path / "prometheus.log").open("w")
+        processes.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/-/ready", timeout=2):
+                    return base
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(
+            f"prometheus did not become ready: {(tmp_path / 'prometheus.log').read_text()}"
+        )
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)

@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -190,8 +191,11 @@ def test_health_readiness_models_and_openapi(served):
 
 
 def test_classify_names_the_variant_and_version(served):
-    status, _, body = request(served["base"], "/v1/classify", {"texts": TEXTS[:2], "model": "full"})
+    status, headers, body = request(
+        served["base"], "/v1/classify", {"texts": TEXTS[:2], "model": "full"}
+    )
     assert status == 200 and body["variant"] == "full" and body["version"] == "sentiment/1"
+    assert headers["x-fmstack-variant"] == "full"
     for p in body["predictions"]:
         assert p["label"] in ("rotten", "fresh")
         assert p["score"] == max(p["probabilities"].values())
@@ -533,3 +537,66 @@ def test_a_killed_replica_is_replaced(served):
     _wait(recovered, 120, "a replacement replica")
     results = [request(served["base"], "/v1/classify", body)[0] for _ in range(10)]
     assert results == [200] * 10
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def _metrics_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def _fmstack_series(text: str) -> str:
+    """The exposition lines of fmstack's series (HELP, TYPE, samples), without the labels that
+    Ray's agent adds to every application metric (SessionName, WorkerId, ...: CamelCase, which
+    promtool's lint rejects, and not fmstack's to name)."""
+    import re
+
+    keep = []
+    for line in text.splitlines():
+        name = line.split()[2] if line.startswith("# ") and len(line.split()) > 2 else line
+        if name.startswith("ray_fmstack_"):
+            keep.append(re.sub(r'[A-Z]\w*="[^"]*",?', "", line).replace(",}", "}"))
+    return "\n".join(keep) + "\n"
+
+
+def test_serving_metrics_reach_a_real_prometheus(served, prometheus):
+    import subprocess
+
+    import ray
+
+    node = next(n for n in ray.nodes() if n["Alive"])
+    target = f"127.0.0.1:{node['MetricsExportPort']}"
+    for model in ("full", "distilled", "auto"):
+        assert (
+            request(served["base"], "/v1/classify", {"texts": TEXTS[:2], "model": model})[0] == 200
+        )
+    request(served["base"], "/v1/classify", {"texts": []})
+    wanted = ("requests_total", "request_seconds", "batch_size", "model_loaded_info")
+    _wait(
+        lambda: all(
+            f"ray_fmstack_serve_{m}" in _metrics_text(f"http://{target}/metrics") for m in wanted
+        ),
+        60,
+        "Ray's agent to export the serving metrics",
+    )
+    ours = _fmstack_series(_metrics_text(f"http://{target}/metrics"))
+    lint = subprocess.run(
+        ["promtool", "check", "metrics"], input=ours, capture_output=True, text=True, check=False
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+    base = prometheus([target])
+
+    def query(expr: str) -> list[dict]:
+        url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.load(r)["data"]["result"]
+
+    expr = 'sum by (variant, status) (fmstack_serve_requests_total{route="classify"})'
+    _wait(lambda: query(expr), 60, "Prometheus to scrape fmstack_serve_requests_total")
+    statuses = {(s["metric"]["variant"], s["metric"]["status"]) for s in query(expr)}
+    assert {("distilled", "200"), ("full", "200"), ("none", "422")} <= statuses
+    loaded = query("fmstack_serve_model_loaded_info == 1")
+    assert {s["metric"]["variant"] for s in loaded} >= {"full", "distilled", "lm"}
