@@ -226,7 +226,7 @@ def promote(
         load_model(path, verify=False)  # refuses what a replica could not load
         target = registry.promote(parsed.name, version, parsed.alias or "", require or [])
     except PromotionRefused as err:
-        _fail(f"refused: {err}", 3)
+        _fail(str(err), 3)
     except Exception as err:  # noqa: BLE001 - any reason a version cannot serve is reported
         _fail(f"refused: {parsed.name}@{version} cannot be served: {err}", 3)
     console.print(f"{target.name}@{parsed.alias} -> {target.version}")
@@ -267,7 +267,7 @@ def ask(
     latency_ms = (time.perf_counter() - start) * 1000
     table = Table("text", "label", "score", "answered by", box=None)
     for text, p in zip(texts, answer["predictions"], strict=True):
-        short = text if len(text) <= 44 else text[:41] + "..."
+        short = text if len(text) <= 32 else text[:29] + "..."
         table.add_row(
             escape(short), p["label"], f"{p['score']:.3f}", f"{p['variant']} ({p['version']})"
         )

@@ -83,6 +83,7 @@ def load_model(
 
     from training.checkpoint import read_manifest, verify_files
 
+    transformers.utils.logging.disable_progress_bar()  # fmstack says what it loaded
     path = resolve_model_dir(str(ref))
     manifest: dict[str, Any] = {}
     if (path / MANIFEST).is_file():

@@ -520,12 +520,9 @@ def test_a_killed_replica_is_replaced(served):
     actors = [
         a
         for a in ray.util.list_named_actors(all_namespaces=True)
-        if "model-distilled" in a["name"]
-        and a["name"].startswith("SERVE_REPLICA")
-        and "fmstack" in a["name"]
+        if a["name"].startswith("SERVE_REPLICA") and "fmstack#model-distilled" in a["name"]
     ]
-    assert actors
-    ray.kill(ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]), no_restart=True)
+    assert len(actors) == 1
     body = {"texts": TEXTS[:1], "model": "distilled"}
 
     def recovered() -> bool:
@@ -534,7 +531,13 @@ def test_a_killed_replica_is_replaced(served):
             and request(served["base"], "/v1/classify", body)[0] == 200
         )
 
-    _wait(recovered, 120, "a replacement replica")
+    with Traffic(served["base"], body, workers=2):  # killed while answering
+        time.sleep(1)
+        ray.kill(
+            ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]), no_restart=True
+        )
+        time.sleep(1)
+        _wait(recovered, 120, "a replacement replica")
     results = [request(served["base"], "/v1/classify", body)[0] for _ in range(10)]
     assert results == [200] * 10
 
