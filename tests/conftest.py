@@ -191,6 +191,11 @@ def export_tiny_causal_lm(out: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_causal_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
+
+
+@pytest.fixture(scope="session")
 def serving_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with sentiment v1, v2 (production -> 1), sentiment-student v1 and tiny-lm v1
     (both production)."""

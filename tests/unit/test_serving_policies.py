@@ -157,11 +157,10 @@ def test_auth_without_keys_refuses_to_start(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory):
-    from tests.conftest import export_tiny_causal_lm
+def tiny_lm(tiny_causal_lm_dir):
     from training import load_model
 
-    return load_model(export_tiny_causal_lm(tmp_path_factory.mktemp("lm")))
+    return load_model(tiny_causal_lm_dir)
 
 
 def test_generation_streams_what_it_returns_and_honours_limits(tiny_lm):
