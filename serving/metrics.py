@@ -43,7 +43,7 @@ class ModelMetrics:
         self._version: str | None = None
 
     def set_version(self, version: str) -> None:
-        if self._version is not None:
+        if self._version is not None and self._version != version:
             self._loaded.set(0, tags={"variant": self._variant, "model_version": self._version})
         self._loaded.set(1, tags={"variant": self._variant, "model_version": version})
         self._version = version

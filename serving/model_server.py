@@ -163,8 +163,11 @@ class ModelServer:
             await self._switch(served.ref, target)
 
     def check_health(self) -> None:
+        """Serve's periodic health check; also re-reports the loaded version, since Ray's agent
+        only exports gauges recorded since its last export."""
         if self._served is None:
             raise RuntimeError(self._last_error or "no model loaded")
+        self._metrics.set_version(self._served.version)
 
     # ------------------------------------------------------------ inference
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cluster import jobs
+from cluster import dashboard
 from cluster.cli import app
 from training import load_recipe
 
@@ -168,8 +168,8 @@ def test_auth_token_lookup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     token_file = tmp_path / "token"
     token_file.write_text("from-file\n")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token_file))
-    assert jobs._auth_headers() == {"Authorization": "Bearer from-file"}
+    assert dashboard.auth_headers() == {"Authorization": "Bearer from-file"}
     monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
-    assert jobs._auth_headers() == {"Authorization": "Bearer from-env"}
+    assert dashboard.auth_headers() == {"Authorization": "Bearer from-env"}
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    assert jobs._auth_headers() == {}
+    assert dashboard.auth_headers() == {}
