@@ -146,7 +146,7 @@ def up(
         _fail(f"application {cfg.name} failed to deploy:\n{err}")
     except (TimeoutError, RuntimeError, OSError) as err:
         _fail(describe(err, address))
-    base = _base_url(cfg)
+    base = _base_url(cfg.http.host, cfg.http.port, cfg.route_prefix)
     console.print(f"[green]serving[/green] {cfg.name} at {base}  (docs: {base}/docs)")
     _print_variants(base)
     console.print(
@@ -236,10 +236,8 @@ def promote(
     except (RuntimeError, OSError) as err:
         _fail(describe(err, address))
     http = running.get("http_options") or {}
-    host = http.get("host", "127.0.0.1")
-    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    base = (
-        f"http://{host}:{http.get('port', 8000)}{app_config.get('route_prefix', '/').rstrip('/')}"
+    base = _base_url(
+        http.get("host", "127.0.0.1"), http.get("port", 8000), app_config.get("route_prefix", "/")
     )
     serving_now = _wait_for_version(base, variant, target.name, version, timeout)
     console.print(f"[green]{variant}[/green] now serves {serving_now}")
@@ -356,9 +354,10 @@ def _start_local_ray(num_cpus: int | None) -> str:
     return address
 
 
-def _base_url(cfg: ServeConfig) -> str:
-    host = "127.0.0.1" if cfg.http.host in ("0.0.0.0", "::") else cfg.http.host
-    return f"http://{host}:{cfg.http.port}{cfg.route_prefix.rstrip('/')}"
+def _base_url(host: str, port: int, route_prefix: str) -> str:
+    """Where a client on this machine reaches the application."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
 
 
 def _call_api(url: str, body: Any = None, timeout: float = 60) -> Any:

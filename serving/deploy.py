@@ -29,7 +29,7 @@ def serve_config(config: ServeConfig, pins: dict[str, int] | None = None) -> dic
     unknown = sorted(set(pins) - set(config.variants))
     if unknown:
         raise ValueError(f"unknown variant {', '.join(unknown)}; have {', '.join(config.variants)}")
-    deployments = [{k: v for k, v in ingress_options(config).items()}]
+    deployments = [ingress_options(config)]
     for variant in config.variants:
         options = deployment_options(config, variant)
         options["user_config"] = user_config(config.variants[variant], pins.get(variant))
