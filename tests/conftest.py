@@ -282,3 +282,122 @@ def prometheus(tmp_path: Path):
     for process in processes:
         process.terminate()
         process.wait(10)
+
+
+# ---------------------------------------------------------------- Kubernetes manifests, offline
+
+# The Kubernetes versions the chart and samples are checked against (kubernetes-validate's schemas).
+KUBERNETES_VERSIONS = ("1.33.0", "1.37.0")
+
+
+def _crd_dir() -> Path | None:
+    """`$FMSTACK_CRDS`, else `../shared/crds` next to the checkout; None when neither exists."""
+    root = Path(__file__).resolve().parents[1]
+    for candidate in (os.environ.get("FMSTACK_CRDS"), root.parent / "shared" / "crds"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def _closed(schema: Any) -> Any:
+    """A CRD schema that refuses unknown fields, as a typo would be pruned silently by the API
+    server: `additionalProperties: false` on every object that lists its properties."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {k: _closed(v) for k, v in schema.items()}
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+        and schema.get("type") == "object"
+    ):
+        closed["additionalProperties"] = False
+    return closed
+
+
+class ManifestValidator:
+    """Validates rendered objects: built-in kinds against kubernetes-validate's strict schemas
+    for each of KUBERNETES_VERSIONS, custom resources against the closed CRD schemas."""
+
+    def __init__(self, crd_dir: Path) -> None:
+        import yaml
+
+        self.crds: dict[tuple[str, str], dict[str, Any]] = {}
+        for path in sorted(crd_dir.rglob("*.yaml")):
+            crd = yaml.safe_load(path.read_text())
+            if not isinstance(crd, dict) or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                schema = version["schema"]["openAPIV3Schema"]
+                self.crds[(f"{group}/{version['name']}", kind)] = _closed(schema)
+
+    def __call__(self, obj: dict[str, Any]) -> None:
+        """Raise AssertionError naming the object and the failing path."""
+        import jsonschema
+        import kubernetes_validate
+
+        what = f"{obj.get('kind')} {obj.get('metadata', {}).get('name')!r}"
+        key = (obj.get("apiVersion", ""), obj.get("kind", ""))
+        if key in self.crds:
+            spec = {k: v for k, v in obj.items() if k != "metadata"}  # metadata is ObjectMeta
+            errors = sorted(
+                jsonschema.Draft7Validator(self.crds[key]).iter_errors(spec), key=str
+            )
+            if errors:
+                e = errors[0]
+                raise AssertionError(
+                    f"{what}: {'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+                )
+            return
+        if "." in key[0].split("/")[0] and not key[0].startswith(
+            ("apps/", "batch/", "networking.k8s.io/", "rbac.authorization.k8s.io/", "policy/")
+        ):
+            raise AssertionError(f"{what}: no schema for {key[0]} {key[1]} (add its CRD)")
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                path = ".".join(map(str, err.absolute_path)) or "(root)"
+                raise AssertionError(f"{what} (Kubernetes {version}): {path}: {err.message}") from None
+
+
+@pytest.fixture(scope="session")
+def validate_manifest() -> ManifestValidator:
+    """`validate_manifest(obj)`: check one Kubernetes object offline (see ManifestValidator)."""
+    crd_dir = _crd_dir()
+    if crd_dir is None:
+        message = "CRD schemas not found: set FMSTACK_CRDS or keep ../shared/crds next to the checkout"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return ManifestValidator(crd_dir)
+
+
+def _tool(name: str) -> str:
+    """A binary from PATH or the venv (where `make setup` puts helm and kubectl); skips, or fails
+    in CI, when it is missing."""
+    import shutil
+    import sys
+
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        message = f"{name} is not installed (make setup puts it in the venv)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    """Path of the helm binary."""
+    return _tool("helm")
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Path of promtool (Debian's prometheus package)."""
+    return _tool("promtool")
