@@ -12,8 +12,15 @@ requests in flight):
 - `fmstack-full`, `fmstack-distilled`: the Serve application with dynamic batching
   (up to 32 requests, 5 ms wait);
 - `fmstack-full-nobatch`, `fmstack-distilled-nobatch`: the same with `max_batch_size: 1`;
+- `fmstack-cascade`: no variant named, so the classify route's cascade answers: the distilled
+  model first, the full model for texts it scores below 0.9;
 - `plain-full`, `plain-distilled`: the same model behind a minimal FastAPI + transformers app
   under uvicorn (`benchmarks/plain_server.py`), one forward pass per request.
+
+And once per round, `promotion`: under steady load (8 clients on the cascade), the full variant is
+promoted to another registry version (the same weights registered twice) by redeploying with the
+new version pinned in its `user_config`, as `fmstack serve promote` does; figures: seconds from the
+redeploy call to the first answer from the new version, and failed requests meanwhile (must be 0).
 
 Every model runs with `torch.set_num_threads(threads)` in one replica or process. Figures: QPS,
 p50 and p99 latency (ms), errors. Targets: Serve adds at most 5 ms at p50 at concurrency 1
@@ -25,11 +32,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -45,7 +56,17 @@ from training import load_model
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REQUESTS = {1: 80, 8: 240, 32: 480}
 WARMUP = 16
-LABELS = {"qps": "QPS", "p50_ms": "p50 ms", "p99_ms": "p99 ms", "errors": "errors"}
+LABELS = {
+    "qps": "QPS",
+    "p50_ms": "p50 ms",
+    "p99_ms": "p99 ms",
+    "errors": "errors",
+    "promote_to_serving_s": "promote to new version (s)",
+    "failed_requests": "failed requests",
+    "requests_during": "requests during",
+}
+APP = "bench"
+PROMOTION_CLIENTS = 8
 
 
 def _free_port() -> int:
@@ -135,7 +156,9 @@ def start_plain_server(model_dir: str, threads: int) -> tuple[subprocess.Popen, 
     return process, base
 
 
-def serving_config(full: str, distilled: str, threads: int, port: int) -> dict[str, Any]:
+def serving_config(
+    full: str, distilled: str, threads: int, port: int, registry: str | None = None
+) -> dict[str, Any]:
     def variant(model: str, batch: int) -> dict[str, Any]:
         return {
             "model": model,
@@ -149,7 +172,8 @@ def serving_config(full: str, distilled: str, threads: int, port: int) -> dict[s
         }
 
     return {
-        "name": "bench",
+        "name": APP,
+        "registry": registry,
         "http": {"host": "127.0.0.1", "port": port},
         "variants": {
             "full": variant(full, 32),
@@ -157,8 +181,90 @@ def serving_config(full: str, distilled: str, threads: int, port: int) -> dict[s
             "distilled": variant(distilled, 32),
             "distilled-nobatch": variant(distilled, 1),
         },
+        "routes": {
+            "classify": {
+                "policy": "cascade",
+                "variant": "distilled",
+                "fallback": "full",
+                "threshold": 0.9,
+            },
+        },
         "limits": {"max_texts": 64},
     }
+
+
+def _post_ok(url: str, body: dict) -> bool:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _served_version(base: str, variant: str) -> str | None:
+    try:
+        with urllib.request.urlopen(f"{base}/v1/models", timeout=10) as response:
+            return json.loads(response.read())["variants"][variant].get("version")
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def promotion_case(
+    client: Any, base: str, bodies: list[dict], model: str, versions: tuple[int, int]
+) -> Callable[[], Figures]:
+    """Promote the full variant back and forth between two registry versions under load."""
+    from serving import running_serve_config, with_pinned_version
+
+    target = iter(versions[i % 2] for i in range(1, 1_000_000))
+
+    def run() -> Figures:
+        version = next(target)
+        stop = threading.Event()
+        counts = {"ok": 0, "failed": 0}
+        lock = threading.Lock()
+
+        def client_loop(offset: int) -> None:
+            i = offset
+            while not stop.is_set():
+                ok = _post_ok(f"{base}/v1/classify", bodies[i % len(bodies)])
+                with lock:
+                    counts["ok" if ok else "failed"] += 1
+                i += PROMOTION_CLIENTS
+
+        workers = [
+            threading.Thread(target=client_loop, args=(k,)) for k in range(PROMOTION_CLIENTS)
+        ]
+        for w in workers:
+            w.start()
+        try:
+            time.sleep(1)
+            pinned = with_pinned_version(
+                running_serve_config(client.details()), APP, "model-full", version
+            )
+            started = time.perf_counter()
+            client.deploy(pinned)
+            wanted, deadline = f"{model}/{version}", time.monotonic() + 300
+            while _served_version(base, "full") != wanted:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"full did not serve {wanted} within 300 s")
+                time.sleep(0.1)
+            seconds = time.perf_counter() - started
+            time.sleep(1)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()
+        return {
+            "promote_to_serving_s": seconds,
+            "failed_requests": counts["failed"],
+            "requests_during": counts["ok"] + counts["failed"],
+        }
+
+    return run
 
 
 def run_benchmark(
@@ -173,6 +279,7 @@ def run_benchmark(
 ) -> tuple[Report, Path, Path]:
     import ray
 
+    from cluster.registry import Registry
     from serving import ServeClient, parse_serve_config, serve_config
 
     started = time.time()
@@ -184,13 +291,29 @@ def run_benchmark(
     del models
     bodies = [{"texts": [t]} for t in split.texts]
 
+    # The full model registered twice, so that a promotion has another version to move to.
+    registry_dir = tempfile.mkdtemp(prefix="fmstack-bench-registry-")
+    registry = Registry(registry_dir)
+    promoted = "bench-full"
+    versions = (
+        registry.register(str(dirs["full"]), promoted).version,
+        registry.register(str(dirs["full"]), promoted).version,
+    )
+    registry.promote(promoted, versions[0], "production")
+
     plain = {name: start_plain_server(str(path), threads) for name, path in dirs.items()}
     ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
     client = ServeClient(f"http://{ctx.dashboard_url}")
     port = _free_port()
     try:
         cfg = parse_serve_config(
-            serving_config(str(dirs["full"]), str(dirs["distilled"]), threads, port)
+            serving_config(
+                f"models:/{promoted}@production",
+                str(dirs["distilled"]),
+                threads,
+                port,
+                registry_dir,
+            )
         )
         client.deploy(serve_config(cfg))
         client.wait(cfg.name, timeout_s=600)
@@ -198,8 +321,10 @@ def run_benchmark(
         cases = []
         for c in concurrency:
             group = f"concurrency {c}"
-            for variant in ("full", "full-nobatch", "distilled", "distilled-nobatch"):
-                fm_bodies = [{**b, "model": variant} for b in bodies]
+            for variant in ("full", "full-nobatch", "distilled", "distilled-nobatch", "cascade"):
+                fm_bodies = (
+                    bodies if variant == "cascade" else [{**b, "model": variant} for b in bodies]
+                )
                 cases.append(
                     Case(
                         f"fmstack-{variant}-c{c}",
@@ -217,10 +342,19 @@ def run_benchmark(
                         params={"concurrency": c, "model": name},
                     )
                 )
+        cases.append(
+            Case(
+                "promotion",
+                promotion_case(client, base, bodies, promoted, versions),
+                "promotion under load",
+                params={"clients": PROMOTION_CLIENTS, "variant": "full"},
+            )
+        )
         results = run_interleaved(cases, repeats)
     finally:
         client.delete()
         ray.shutdown()
+        shutil.rmtree(registry_dir, ignore_errors=True)
         for process, _ in plain.values():
             process.terminate()
             process.wait(30)
@@ -252,6 +386,13 @@ def run_benchmark(
             results,
             f"fmstack-distilled / fmstack-full, QPS at c{top}",
             f"fmstack-distilled-c{top}",
+            f"fmstack-full-c{top}",
+            "qps",
+        ),
+        ratio(
+            results,
+            f"fmstack-cascade / fmstack-full, QPS at c{top}",
+            f"fmstack-cascade-c{top}",
             f"fmstack-full-c{top}",
             "qps",
         ),
@@ -306,6 +447,10 @@ def run_benchmark(
     return report, json_path, md_path
 
 
+def _median_of(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def target_notes(results: list, found: list, top: int) -> list[str]:
     by_name = {r.name: r for r in results}
     notes = []
@@ -322,6 +467,15 @@ def target_notes(results: list, found: list, top: int) -> list[str]:
         notes.append(
             f"{verdict}: Serve adds at most 5 ms at p50 at concurrency 1 (fmstack-full-nobatch "
             f"{fm:.1f} ms - plain-full {plain:.1f} ms = {added:+.1f} ms)."
+        )
+    promotion = by_name.get("promotion")
+    if promotion is not None and promotion.samples:
+        failed = sum(promotion.values("failed_requests"))
+        sent = sum(promotion.values("requests_during"))
+        notes.append(
+            f"{'PASS' if failed == 0 else 'FAIL'}: no failed request during a promotion "
+            f"({failed:g} of {sent:g} over {len(promotion.samples)} promotion(s); the new "
+            f"version answered after {_median_of(promotion.values('promote_to_serving_s')):.1f} s)."
         )
     by_label = {r.label: r for r in found}
     for label, target, higher in [
