@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from cluster import handover, jobs, models_cli, serve_cli
+from cluster import handover, jobs, k8s_cli, models_cli, serve_cli
 
 if TYPE_CHECKING:
     from training import DistillConfig, FinetuneConfig
@@ -23,6 +23,7 @@ app = typer.Typer(
 app.add_typer(jobs.app, name="job")
 app.add_typer(models_cli.app, name="models")
 app.add_typer(serve_cli.app, name="serve")
+app.add_typer(k8s_cli.app, name="k8s")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 

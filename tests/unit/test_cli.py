@@ -14,7 +14,16 @@ def _commands(typer_app: typer.Typer) -> set[str]:
 
 
 def test_command_list_is_pinned():
-    assert _commands(app) == {"pretrain", "finetune", "distill", "eval", "job", "models", "serve"}
+    assert _commands(app) == {
+        "pretrain",
+        "finetune",
+        "distill",
+        "eval",
+        "job",
+        "models",
+        "serve",
+        "k8s",
+    }
     group = typer.main.get_group(app)
     assert set(group.commands["job"].commands) == {"submit", "status", "logs", "stop", "list"}
     models = group.commands["models"].commands
