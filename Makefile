@@ -4,9 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
+ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration lint format bench bench-distill bench-serve clean
+.PHONY: help setup demo test test-unit test-integration lint format bench bench-pretrain bench-distill bench-serve chart clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -35,7 +36,10 @@ format: ## Apply ruff's formatting and safe fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: setup ## Benchmarks side by side with plain baselines (quick size)
+bench: setup ## Every benchmark side by side with its baseline, one report (ARGS=--full for the full size)
+	$(PY) -m benchmarks $(ARGS)
+
+bench-pretrain: setup ## Training tokens/s (ZeRO 0/2/3, fp32/bf16) vs a plain PyTorch loop, and the machine's ceilings
 	$(PY) -m benchmarks.pretrain --size quick
 
 bench-distill: setup ## Distilled student vs teacher, int8 and labels-only baseline (registry models)
@@ -43,6 +47,13 @@ bench-distill: setup ## Distilled student vs teacher, int8 and labels-only basel
 
 bench-serve: setup ## /v1/classify on Ray Serve (full, distilled; batching on/off) vs a plain FastAPI server
 	$(PY) -m benchmarks.serve --full models:/sentiment@candidate --distilled models:/sentiment-student@candidate
+
+chart: ## Regenerate the chart's Serve config, then lint the chart (helm/fmstack)
+	{ echo '# Built by `make chart` (fmstack serve build) from configs/serve/sentiment.yaml.'; \
+	  $(VENV)/bin/fmstack serve build --config configs/serve/sentiment.yaml --set registry=/data/registry \
+	    --set http.host=0.0.0.0 --set auth.enabled=true; } > helm/fmstack/files/serve-config.yaml.tmp
+	mv helm/fmstack/files/serve-config.yaml.tmp helm/fmstack/files/serve-config.yaml
+	$(VENV)/bin/helm lint --strict helm/fmstack
 
 clean: ## Remove local runs and caches (keeps the venv and the data cache)
 	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

@@ -326,7 +326,7 @@ class ManifestValidator:
 
         self.crds: dict[tuple[str, str], dict[str, Any]] = {}
         for path in sorted(crd_dir.rglob("*.yaml")):
-            crd = yaml.safe_load(path.read_text())
+            crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
             if not isinstance(crd, dict) or crd.get("kind") != "CustomResourceDefinition":
                 continue
             group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
@@ -343,9 +343,7 @@ class ManifestValidator:
         key = (obj.get("apiVersion", ""), obj.get("kind", ""))
         if key in self.crds:
             spec = {k: v for k, v in obj.items() if k != "metadata"}  # metadata is ObjectMeta
-            errors = sorted(
-                jsonschema.Draft7Validator(self.crds[key]).iter_errors(spec), key=str
-            )
+            errors = sorted(jsonschema.Draft7Validator(self.crds[key]).iter_errors(spec), key=str)
             if errors:
                 e = errors[0]
                 raise AssertionError(
@@ -361,7 +359,9 @@ class ManifestValidator:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as err:
                 path = ".".join(map(str, err.absolute_path)) or "(root)"
-                raise AssertionError(f"{what} (Kubernetes {version}): {path}: {err.message}") from None
+                raise AssertionError(
+                    f"{what} (Kubernetes {version}): {path}: {err.message}"
+                ) from None
 
 
 @pytest.fixture(scope="session")
@@ -369,7 +369,9 @@ def validate_manifest() -> ManifestValidator:
     """`validate_manifest(obj)`: check one Kubernetes object offline (see ManifestValidator)."""
     crd_dir = _crd_dir()
     if crd_dir is None:
-        message = "CRD schemas not found: set FMSTACK_CRDS or keep ../shared/crds next to the checkout"
+        message = (
+            "CRD schemas not found: set FMSTACK_CRDS or keep ../shared/crds next to the checkout"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
