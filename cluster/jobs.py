@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -24,6 +23,7 @@ from cluster.dashboard import (
     auth_headers,
     describe,
 )
+from cluster.output import console, fail, say
 from cluster.recipes import parse_overrides
 
 if TYPE_CHECKING:
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Submit and manage jobs on a Ray cluster (Ray Jobs API).", no_args_is_help=True
 )
-console = Console()
-err_console = Console(stderr=True)
 
 _STATUS_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow"}
 
@@ -53,17 +51,6 @@ JobIdArgument = Annotated[str, typer.Argument(help="Job (submission) id, as `sub
 # ---------------------------------------------------------------- helpers
 
 
-def _say(markup: str, *, err: bool = False) -> None:
-    """Print one line of rich markup, unwrapped, to stdout (or stderr)."""
-    (err_console if err else console).print(markup, highlight=False, soft_wrap=True)
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    """Print `message` as one red line on stderr and exit with `code`."""
-    _say(f"[red]error:[/red] {escape(' '.join(message.split()))}", err=True)
-    raise typer.Exit(code)
-
-
 @contextmanager
 def _jobs_api(address: str) -> Iterator[JobSubmissionClient]:
     """A connected client; Ray and network failures inside become a one-line error and exit 1."""
@@ -78,12 +65,12 @@ def _jobs_api(address: str) -> Iterator[JobSubmissionClient]:
     except (typer.Exit, typer.Abort):
         raise
     except AuthenticationError:
-        _fail(
+        fail(
             f"{address} requires a valid authentication token: set RAY_AUTH_TOKEN or "
             "RAY_AUTH_TOKEN_PATH, or put the cluster's token in ~/.ray/auth_token"
         )
     except (OSError, RuntimeError, ValueError, RayError, aiohttp.ClientError) as err:
-        _fail(describe(err, address))
+        fail(describe(err, address))
 
 
 def _styled(status: object) -> str:
@@ -102,7 +89,7 @@ def _follow(client: JobSubmissionClient, job_id: str) -> JobStatus:
     try:
         asyncio.run(tail())
     except KeyboardInterrupt:
-        _say(f"stopped following; {job_id} keeps running (fmstack job stop {job_id})", err=True)
+        say(f"stopped following; {job_id} keeps running (fmstack job stop {job_id})", err=True)
         raise typer.Exit(130) from None
     status = client.get_job_status(job_id)
     deadline = time.monotonic() + 30
@@ -154,13 +141,13 @@ def submit(
 ) -> None:
     """Submit a recipe (validated here, uploaded alone) or any command after `--`."""
     if (config is None) == (not entrypoint):
-        _fail(
+        fail(
             "give exactly one of --config RECIPE or a command after --, "
             "e.g. `fmstack job submit -c recipe.yaml` or `fmstack job submit -- python train.py`",
             code=2,
         )
     if overrides and config is None:
-        _fail("--set only applies to a --config recipe", code=2)
+        fail("--set only applies to a --config recipe", code=2)
 
     with tempfile.TemporaryDirectory(prefix="fmstack-job-") as upload:
         runtime_env: dict[str, object] | None = None
@@ -173,14 +160,14 @@ def submit(
             try:
                 cfg = load_recipe(config, parse_overrides(overrides))
             except RecipeError as err:
-                _say(f"[red]{escape(str(err))}[/red]", err=True)
+                say(f"[red]{escape(str(err))}[/red]", err=True)
                 raise typer.Exit(2) from None
             recipe = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
             (Path(upload) / "recipe.yaml").write_text(recipe)
             runtime_env = {"working_dir": upload}
             command = "fmstack pretrain --config recipe.yaml"
             for path in _cluster_relative_paths(cfg):
-                _say(
+                say(
                     f"[yellow]note:[/yellow] {escape(path)} is relative: the job resolves it "
                     "inside its uploaded working_dir on the cluster; use an absolute path or URI",
                     err=True,
@@ -191,16 +178,16 @@ def submit(
                 entrypoint=command, runtime_env=runtime_env, submission_id=job_id
             )
             flag = "" if address == DEFAULT_ADDRESS else f" --address {shlex.quote(address)}"
-            _say(f"submitted job [bold]{job_id}[/bold] to {address}")
-            _say(f"  follow: fmstack job logs {job_id} --follow{flag}")
-            _say(f"  status: fmstack job status {job_id}{flag}")
-            _say(f"  stop:   fmstack job stop {job_id}{flag}")
+            say(f"submitted job [bold]{job_id}[/bold] to {address}")
+            say(f"  follow: fmstack job logs {job_id} --follow{flag}")
+            say(f"  status: fmstack job status {job_id}{flag}")
+            say(f"  stop:   fmstack job stop {job_id}{flag}")
             if not wait:
                 return
             status = _follow(client, job_id)
             message = client.get_job_info(job_id).message or ""
 
-    _say(f"job {job_id}: {_styled(status)} {escape(message)}")
+    say(f"job {job_id}: {_styled(status)} {escape(message)}")
     if str(status) != "SUCCEEDED":
         raise typer.Exit(1)
 
@@ -210,9 +197,9 @@ def status(job_id: JobIdArgument, address: AddressOption = DEFAULT_ADDRESS) -> N
     """Show a job's status and message."""
     with _jobs_api(address) as client:
         info = client.get_job_info(job_id)
-    _say(f"{job_id}: {_styled(info.status)}")
+    say(f"{job_id}: {_styled(info.status)}")
     if info.message:
-        _say(escape(info.message))
+        say(escape(info.message))
 
 
 @app.command()
@@ -239,9 +226,9 @@ def stop(job_id: JobIdArgument, address: AddressOption = DEFAULT_ADDRESS) -> Non
         stopping = client.stop_job(job_id)
         status = client.get_job_status(job_id)
     if stopping:
-        _say(f"stopping {job_id}")
+        say(f"stopping {job_id}")
     else:
-        _say(f"{job_id} has already ended: {_styled(status)}")
+        say(f"{job_id} has already ended: {_styled(status)}")
 
 
 @app.command("list")

@@ -7,24 +7,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from cluster import kuberay
 from cluster.kuberay import DEFAULT_IMAGE, GPU_IMAGE, JobKind, KubeRay, KubeRayError
+from cluster.output import console, fail, say
 from cluster.registry import PromotionRefused, Registry, RegistryError
 
 app = typer.Typer(
     help="Run training as RayJobs and promote models in the RayService (KubeRay on Kubernetes).",
     no_args_is_help=True,
 )
-console = Console()
-err_console = Console(stderr=True)
 
 _STATUS_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow"}
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -39,16 +37,6 @@ NameArgument = Annotated[str, typer.Argument(help="RayJob name, as `submit` prin
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _say(markup: str, *, err: bool = False) -> None:
-    (err_console if err else console).print(markup, highlight=False, soft_wrap=True)
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    """Print `message` as one red line on stderr and exit with `code`."""
-    _say(f"[red]error:[/red] {escape(' '.join(message.split()))}", err=True)
-    raise typer.Exit(code)
 
 
 def default_namespace() -> str:
@@ -88,7 +76,7 @@ def _kuberay(namespace: str | None) -> KubeRay:
     try:
         custom, core = make_clients()
     except KubeRayError as err:
-        _fail(str(err))
+        fail(str(err))
     return KubeRay(custom, core, namespace or default_namespace())
 
 
@@ -107,7 +95,7 @@ def _wait(ops: KubeRay, name: str, poll_s: float = 5.0) -> kuberay.JobStatus:
         status = ops.status(name)
         now = f"{status.deployment_status}/{status.job_status}"
         if now != seen:
-            _say(f"{name}: {status.deployment_status}, job {_styled(status.job_status)}")
+            say(f"{name}: {status.deployment_status}, job {_styled(status.job_status)}")
             seen = now
         if status.finished:
             return status
@@ -157,9 +145,9 @@ def submit(
     from training import RecipeError
 
     if kind is not None and kind not in kuberay.JOB_KINDS:
-        _fail(f"--kind {kind}: use one of {', '.join(kuberay.JOB_KINDS)}", 2)
+        fail(f"--kind {kind}: use one of {', '.join(kuberay.JOB_KINDS)}", 2)
     if not recipe.is_file():
-        _fail(f"recipe {recipe} does not exist", 2)
+        fail(f"recipe {recipe} does not exist", 2)
     job_kind: JobKind | None = kind  # type: ignore[assignment]  # checked above
     try:
         manifests = kuberay.rayjob_manifest(
@@ -173,7 +161,7 @@ def submit(
             workers=workers,
         )
     except (RecipeError, ValueError) as err:
-        _fail(str(err), 2)
+        fail(str(err), 2)
     if dry_run:
         _dump(list(manifests))
         return
@@ -182,18 +170,18 @@ def submit(
     try:
         ops.submit(manifests)
         flag = f" -n {ops.namespace}"
-        _say(f"submitted RayJob [bold]{job}[/bold] in namespace {ops.namespace}")
-        _say(f"  entrypoint: {escape(manifests.rayjob['spec']['entrypoint'])}")
-        _say(f"  status: fmstack k8s status {job}{flag}")
-        _say(f"  logs:   fmstack k8s logs {job} --follow{flag}")
-        _say(f"  delete: fmstack k8s delete {job}{flag}")
+        say(f"submitted RayJob [bold]{job}[/bold] in namespace {ops.namespace}")
+        say(f"  entrypoint: {escape(manifests.rayjob['spec']['entrypoint'])}")
+        say(f"  status: fmstack k8s status {job}{flag}")
+        say(f"  logs:   fmstack k8s logs {job} --follow{flag}")
+        say(f"  delete: fmstack k8s delete {job}{flag}")
         if not wait:
             return
         status = _wait(ops, job)
     except KubeRayError as err:
-        _fail(str(err))
+        fail(str(err))
     if status.message:
-        _say(escape(status.message))
+        say(escape(status.message))
     if not status.succeeded:
         raise typer.Exit(1)
 
@@ -205,8 +193,8 @@ def status(name: NameArgument, namespace: NamespaceOption = None) -> None:
     try:
         s = ops.status(name)
     except KubeRayError as err:
-        _fail(str(err))
-    _say(f"{name}: job {_styled(s.job_status)}, deployment {s.deployment_status}")
+        fail(str(err))
+    say(f"{name}: job {_styled(s.job_status)}, deployment {s.deployment_status}")
     for label, value in (
         ("cluster", s.ray_cluster),
         ("dashboard", s.dashboard_url),
@@ -214,9 +202,9 @@ def status(name: NameArgument, namespace: NamespaceOption = None) -> None:
         ("ended", s.end_time),
     ):
         if value:
-            _say(f"  {label + ':':11}{escape(value)}")
+            say(f"  {label + ':':11}{escape(value)}")
     if s.message:
-        _say(f"  message:   {escape(s.message)}")
+        say(f"  message:   {escape(s.message)}")
 
 
 @app.command()
@@ -233,9 +221,9 @@ def logs(
         for chunk in ops.logs(name, follow=follow):
             typer.echo(chunk, nl=False)
     except KubeRayError as err:
-        _fail(str(err))
+        fail(str(err))
     except KeyboardInterrupt:
-        _say(f"stopped following; {name} keeps running", err=True)
+        say(f"stopped following; {name} keeps running", err=True)
         raise typer.Exit(130) from None
 
 
@@ -246,8 +234,8 @@ def delete(name: NameArgument, namespace: NamespaceOption = None) -> None:
     try:
         ops.delete(name)
     except KubeRayError as err:
-        _fail(str(err))
-    _say(f"deleted RayJob {name} in namespace {ops.namespace}")
+        fail(str(err))
+    say(f"deleted RayJob {name} in namespace {ops.namespace}")
 
 
 @app.command("list")
@@ -257,9 +245,9 @@ def list_jobs(namespace: NamespaceOption = None) -> None:
     try:
         jobs = ops.list_jobs()
     except KubeRayError as err:
-        _fail(str(err))
+        fail(str(err))
     if not jobs:
-        _say(f"no fmstack RayJobs in namespace {ops.namespace}")
+        say(f"no fmstack RayJobs in namespace {ops.namespace}")
         return
     table = Table(title=f"RayJobs in {ops.namespace}", title_justify="left")
     for column in ("name", "job", "deployment", "started", "entrypoint"):
@@ -308,7 +296,7 @@ def promote(
     Moves the variant's registry alias to VERSION (gated on --require) and patches the
     RayService's serveConfigV2; Serve reloads the running replicas in place."""
     if from_file is not None and not dry_run:
-        _fail("--from-file only applies with --dry-run", 2)
+        fail("--from-file only applies with --dry-run", 2)
     root = Registry(registry) if registry else None
     try:
         if from_file is not None:
@@ -326,7 +314,7 @@ def promote(
                 registry=root,
                 application=application,
             )
-            _say(f"# {plan.model}@{plan.alias}: {plan.previous} -> {plan.version}", err=True)
+            say(f"# {plan.model}@{plan.alias}: {plan.previous} -> {plan.version}", err=True)
             _dump([plan.patch])
             return
         done = ops.promote(
@@ -338,11 +326,11 @@ def promote(
             application=application,
         )
     except PromotionRefused as err:
-        _fail(str(err), 3)
+        fail(str(err), 3)
     except (KubeRayError, RegistryError, ValueError) as err:
-        _fail(str(err))
-    _say(f"{done.model}@{done.alias}: {done.previous} -> {done.version}")
-    _say(
+        fail(str(err))
+    say(f"{done.model}@{done.alias}: {done.previous} -> {done.version}")
+    say(
         f"patched RayService {service}: [green]{variant}[/green] reloads {done.model} version "
         f"{version} in place (kubectl get rayservice {service} -n {ops.namespace} -w)"
     )
