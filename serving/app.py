@@ -217,6 +217,7 @@ class Ingress:
         route = self._route("classify")
         variant = await self._pick(route, body.model, "classification", "classify")
         answer = await self._call(variant, "classify", body.texts)
+        self.metrics.texts.inc(len(body.texts), tags={"route": "classify", "variant": variant})
         predictions = [
             {**p, "variant": variant, "version": answer["version"]} for p in answer["result"]
         ]
@@ -299,6 +300,7 @@ class Ingress:
         route = self._route("embed")
         variant = await self._pick(route, body.model, None, "embed")
         answer = await self._call(variant, "embed", body.texts, body.normalize)
+        self.metrics.texts.inc(len(body.texts), tags={"route": "embed", "variant": variant})
         vectors = answer["result"]
         response.headers[VARIANT_HEADER] = variant
         return EmbedResponse(

@@ -50,7 +50,7 @@ class ModelMetrics:
 
 
 class IngressMetrics:
-    """Per ingress replica: requests, latency, cascade escalations, shadow agreement."""
+    """Per ingress replica: requests, texts, latency, cascade escalations, shadow agreement."""
 
     def __init__(self) -> None:
         from ray.util.metrics import Counter, Histogram
@@ -64,6 +64,11 @@ class IngressMetrics:
             "fmstack_serve_request_seconds",
             description="Request latency at the ingress, by route and variant.",
             boundaries=LATENCY_BUCKETS,
+            tag_keys=("route", "variant"),
+        )
+        self.texts = Counter(
+            "fmstack_serve_texts_total",
+            description="Texts answered, by route and the variant asked first.",
             tag_keys=("route", "variant"),
         )
         self.escalations = Counter(

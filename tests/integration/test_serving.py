@@ -576,7 +576,7 @@ def test_serving_metrics_reach_a_real_prometheus(served, prometheus):
             request(served["base"], "/v1/classify", {"texts": TEXTS[:2], "model": model})[0] == 200
         )
     request(served["base"], "/v1/classify", {"texts": []})
-    wanted = ("requests_total", "request_seconds", "batch_size", "model_loaded_info")
+    wanted = ("requests_total", "texts_total", "request_seconds", "batch_size", "model_loaded_info")
     _wait(
         lambda: all(
             f"ray_fmstack_serve_{m}" in _metrics_text(f"http://{target}/metrics") for m in wanted
