@@ -131,6 +131,10 @@ def submit(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Ray Train workers (default: scaling.num_workers)")
     ] = None,
+    claim: Annotated[
+        str,
+        typer.Option(help="PersistentVolumeClaim mounted at /data (the chart's is <release>-data)"),
+    ] = kuberay.DATA_CLAIM,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait until the job ends; exit 1 if it fails")
     ] = False,
@@ -159,6 +163,7 @@ def submit(
             image=image,
             namespace=namespace,
             workers=workers,
+            data_claim=claim,
         )
     except (RecipeError, ValueError) as err:
         fail(str(err), 2)

@@ -397,13 +397,22 @@ def test_submit_dry_run_prints_valid_yaml_without_the_api(
         raise AssertionError("--dry-run contacted the API")
 
     monkeypatch.setattr(k8s_cli, "make_clients", refuse)
-    result = run("submit", str(ROOT / "configs/distill/minilm-student.yaml"), "--dry-run", "-n", NS)
+    recipe = str(ROOT / "configs/distill/minilm-student.yaml")
+    result = run("submit", recipe, "--dry-run", "-n", NS, "--claim", "team-data")
     assert result.exit_code == 0, result.output
     config_map, rayjob = yaml.safe_load_all(result.stdout)
     for obj in (config_map, rayjob):
         validate_manifest(obj)
         assert obj["metadata"]["namespace"] == NS
     assert rayjob["spec"]["entrypoint"].startswith("fmstack distill --config")
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for group in [rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]]
+        + rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+        for v in group["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"team-data"}
 
 
 def test_submit_creates_the_job_and_says_how_to_follow_it(cli: FakeKube) -> None:
