@@ -924,19 +924,25 @@ class KubeRay:
         )
         registry.resolve(ModelRef(promotion.model, version=version))  # checksums verified
         registry.promote(promotion.model, version, promotion.alias, list(require))
-        self._call(
-            "patch",
-            RAYSERVICE,
-            service,
-            lambda: self.custom.patch_namespaced_custom_object(
-                RAYSERVICE.group,
-                RAYSERVICE.version,
-                self.namespace,
-                RAYSERVICE.plural,
+        try:
+            self._call(
+                "patch",
+                RAYSERVICE,
                 service,
-                promotion.patch,
-            ),
-        )
+                lambda: self.custom.patch_namespaced_custom_object(
+                    RAYSERVICE.group,
+                    RAYSERVICE.version,
+                    self.namespace,
+                    RAYSERVICE.plural,
+                    service,
+                    promotion.patch,
+                ),
+            )
+        except KubeRayError:
+            # The service still serves the old version: point the alias back at it.
+            if promotion.previous is not None:
+                registry.promote(promotion.model, promotion.previous, promotion.alias)
+            raise
         return promotion
 
     # ------------------------------------------------------------ plumbing

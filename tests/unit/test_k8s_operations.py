@@ -342,6 +342,16 @@ def test_promote_pins_only_that_variants_version(
     assert Registry(registry).aliases("sentiment")["production"] == 2
 
 
+def test_a_refused_patch_leaves_the_alias_where_the_service_is(
+    ops: KubeRay, kube: FakeKube, service: dict[str, Any], registry: Path
+) -> None:
+    kube.fail["patch_namespaced_custom_object"] = 403
+    with pytest.raises(Forbidden, match="patch"):
+        ops.promote("fmstack", "full", 2)
+    assert Registry(registry).aliases("sentiment")["production"] == 1
+    assert deployments(kube.objects[("rayservices", NS, "fmstack")]) == deployments(service)
+
+
 def test_promote_refuses_a_version_below_the_gate(
     ops: KubeRay, kube: FakeKube, service: dict[str, Any], registry: Path
 ) -> None:
