@@ -133,7 +133,9 @@ def submit(
     ] = None,
     claim: Annotated[
         str,
-        typer.Option(help="PersistentVolumeClaim mounted at /data (the chart's is <release>-data)"),
+        typer.Option(
+            help="PersistentVolumeClaim at /data (the chart's: <fullname>-data, e.g. fmstack-data)"
+        ),
     ] = kuberay.DATA_CLAIM,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait until the job ends; exit 1 if it fails")
