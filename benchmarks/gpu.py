@@ -162,6 +162,7 @@ def _classifiers(smoke: bool) -> dict[str, tuple[Any, Any, str]]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from cluster import handover
+    from training import load_model
     from training.assets import PACKAGED_MODELS, require
 
     refs = {
@@ -171,9 +172,8 @@ def _classifiers(smoke: bool) -> dict[str, tuple[Any, Any, str]]:
     out = {}
     try:
         for name, ref in refs.items():
-            path = handover.resolve_model(ref)
-            model = AutoModelForSequenceClassification.from_pretrained(path)
-            out[name] = (model, AutoTokenizer.from_pretrained(path), ref)
+            loaded = load_model(handover.resolve_model(ref))  # checksums verified
+            out[name] = (loaded.model, loaded.tokenizer, ref)
         return out
     except Exception:  # noqa: BLE001 - no trained models: measure the same shapes untrained
         minilm = require(PACKAGED_MODELS["minilm"], "MiniLM")

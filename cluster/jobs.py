@@ -23,7 +23,7 @@ from cluster.dashboard import (
     auth_headers,
     describe,
 )
-from cluster.output import console, fail, say
+from cluster.output import console, fail, say, styled_status
 from cluster.recipes import parse_overrides
 
 if TYPE_CHECKING:
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Submit and manage jobs on a Ray cluster (Ray Jobs API).", no_args_is_help=True
 )
-
-_STATUS_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow"}
 
 AddressOption = Annotated[
     str,
@@ -71,12 +69,6 @@ def _jobs_api(address: str) -> Iterator[JobSubmissionClient]:
         )
     except (OSError, RuntimeError, ValueError, RayError, aiohttp.ClientError) as err:
         fail(describe(err, address))
-
-
-def _styled(status: object) -> str:
-    """A job status with its colour, as rich markup."""
-    name = str(status)
-    return f"[{_STATUS_STYLE.get(name, 'cyan')}]{name}[/]"
 
 
 def _follow(client: JobSubmissionClient, job_id: str) -> JobStatus:
@@ -187,7 +179,7 @@ def submit(
             status = _follow(client, job_id)
             message = client.get_job_info(job_id).message or ""
 
-    say(f"job {job_id}: {_styled(status)} {escape(message)}")
+    say(f"job {job_id}: {styled_status(status)} {escape(message)}")
     if str(status) != "SUCCEEDED":
         raise typer.Exit(1)
 
@@ -197,7 +189,7 @@ def status(job_id: JobIdArgument, address: AddressOption = DEFAULT_ADDRESS) -> N
     """Show a job's status and message."""
     with _jobs_api(address) as client:
         info = client.get_job_info(job_id)
-    say(f"{job_id}: {_styled(info.status)}")
+    say(f"{job_id}: {styled_status(info.status)}")
     if info.message:
         say(escape(info.message))
 
@@ -228,7 +220,7 @@ def stop(job_id: JobIdArgument, address: AddressOption = DEFAULT_ADDRESS) -> Non
     if stopping:
         say(f"stopping {job_id}")
     else:
-        say(f"{job_id} has already ended: {_styled(status)}")
+        say(f"{job_id} has already ended: {styled_status(status)}")
 
 
 @app.command("list")
@@ -249,7 +241,7 @@ def list_jobs(address: AddressOption = DEFAULT_ADDRESS) -> None:
         )
         table.add_row(
             escape(job.submission_id or job.job_id or "?"),
-            _styled(job.status),
+            styled_status(job.status),
             escape(job.entrypoint or ""),
             started,
         )

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from cluster import kuberay
 from cluster.kuberay import DEFAULT_IMAGE, GPU_IMAGE, JobKind, KubeRay, KubeRayError
-from cluster.output import console, fail, say
+from cluster.output import console, fail, say, styled_status
 from cluster.registry import PromotionRefused, Registry, RegistryError
 
 app = typer.Typer(
@@ -24,7 +24,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_STATUS_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow"}
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 NamespaceOption = Annotated[
@@ -80,10 +79,6 @@ def _kuberay(namespace: str | None) -> KubeRay:
     return KubeRay(custom, core, namespace or default_namespace())
 
 
-def _styled(status: str) -> str:
-    return f"[{_STATUS_STYLE.get(status, 'cyan')}]{status}[/]"
-
-
 def _dump(objects: list[dict[str, Any]]) -> None:
     typer.echo(kuberay.to_yaml(objects), nl=False)
 
@@ -95,7 +90,7 @@ def _wait(ops: KubeRay, name: str, poll_s: float = 5.0) -> kuberay.JobStatus:
         status = ops.status(name)
         now = f"{status.deployment_status}/{status.job_status}"
         if now != seen:
-            say(f"{name}: {status.deployment_status}, job {_styled(status.job_status)}")
+            say(f"{name}: {status.deployment_status}, job {styled_status(status.job_status)}")
             seen = now
         if status.finished:
             return status
@@ -201,7 +196,7 @@ def status(name: NameArgument, namespace: NamespaceOption = None) -> None:
         s = ops.status(name)
     except KubeRayError as err:
         fail(str(err))
-    say(f"{name}: job {_styled(s.job_status)}, deployment {s.deployment_status}")
+    say(f"{name}: job {styled_status(s.job_status)}, deployment {s.deployment_status}")
     for label, value in (
         ("cluster", s.ray_cluster),
         ("dashboard", s.dashboard_url),
@@ -262,7 +257,7 @@ def list_jobs(namespace: NamespaceOption = None) -> None:
     for j in jobs:
         table.add_row(
             j.name,
-            _styled(j.job_status),
+            styled_status(j.job_status),
             j.deployment_status,
             j.start_time or "-",
             escape(j.entrypoint),

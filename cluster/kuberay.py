@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 
+import typer
 import yaml
 
 from cluster.registry import (
@@ -465,26 +466,14 @@ def check_name(name: str) -> str:
 
 def _recipe_with(recipe_text: str, overrides: Sequence[str], source: str) -> dict[str, Any]:
     """The recipe mapping with `--set KEY=VALUE` overrides applied, as `fmstack <kind>` will."""
-    from training import RecipeError
+    from cluster.recipes import parse_overrides
+    from training import RecipeError, recipe_from_text
 
     try:
-        data = yaml.safe_load(recipe_text) or {}
-    except yaml.YAMLError as err:
-        raise RecipeError(f"recipe {source} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"recipe {source} must be a mapping of sections")
-    for pair in overrides:
-        dotted, sep, value = pair.partition("=")
-        if not sep or not dotted.strip():
-            raise RecipeError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.max_steps=50")
-        *parents, leaf = dotted.strip().split(".")
-        node = data
-        for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise RecipeError(f"override {dotted}: {key} is not a section")
-        node[leaf] = yaml.safe_load(value)
-    return data
+        parsed = parse_overrides(list(overrides))
+    except typer.BadParameter as err:
+        raise RecipeError(err.message) from None
+    return recipe_from_text(recipe_text, source, parsed)
 
 
 def _storage_override(recipe: Mapping[str, Any], overrides: Sequence[str]) -> list[str]:

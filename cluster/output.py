@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+_STATUS_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "STOPPED": "yellow"}
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -22,3 +24,9 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print `message` as one red line on stderr and exit with `code`."""
     say(f"[red]error:[/red] {escape(' '.join(message.split()))}", err=True)
     raise typer.Exit(code)
+
+
+def styled_status(status: object) -> str:
+    """A job status (Ray Jobs or RayJob) with its colour, as rich markup."""
+    name = str(status)
+    return f"[{_STATUS_STYLE.get(name, 'cyan')}]{name}[/]"

@@ -61,6 +61,15 @@ def tiny_corpus(tmp_path: Path) -> Path:
     return path
 
 
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """The session's Ray cluster; yields the dashboard (Jobs API) URL."""
@@ -237,7 +246,6 @@ scrape_configs:
 def prometheus(tmp_path: Path):
     """Start `prometheus` on loopback scraping the given targets; yields a start function."""
     import shutil
-    import socket
     import subprocess
     import time
     import urllib.request
@@ -250,9 +258,7 @@ def prometheus(tmp_path: Path):
     def start(targets: list[str]) -> str:
         config = tmp_path / "prometheus.yml"
         config.write_text(PROMETHEUS_CONFIG.format(targets=targets))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         log = (tmp_path / "prometheus.log").open("w")
         processes.append(
             subprocess.Popen(

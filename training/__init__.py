@@ -13,6 +13,7 @@ from training.config import (
     load_recipe,
     parse_recipe,
     read_recipe,
+    recipe_from_text,
 )
 from training.finetune import FinetuneResult, run_finetune
 from training.inference import LoadedModel, classify, load_model, resolve_model_dir
@@ -36,6 +37,7 @@ __all__ = [
     "preflight",
     "read_manifest",
     "read_recipe",
+    "recipe_from_text",
     "resolve_model_dir",
     "run_finetune",
     "run_pretraining",

@@ -524,12 +524,21 @@ def read_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist")
+    return recipe_from_text(path.read_text(), str(path), overrides)
+
+
+def recipe_from_text(
+    text: str, source: str, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A recipe's YAML text (plus dotted-key overrides) as a mapping, not yet validated."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise RecipeError(f"recipe {path} is not valid YAML: {err}") from None
+        raise RecipeError(f"recipe {source} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(data).__name__}")
+        raise RecipeError(
+            f"recipe {source} must be a mapping of sections, got {type(data).__name__}"
+        )
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     return data

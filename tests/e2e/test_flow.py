@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 import urllib.parse
 import urllib.request
@@ -21,7 +20,7 @@ from typer.testing import CliRunner
 
 from cluster.cli import app
 from cluster.registry import Registry
-from tests.conftest import tiny_classifier_recipe, tiny_recipe
+from tests.conftest import free_port, tiny_classifier_recipe, tiny_recipe
 
 pytestmark = pytest.mark.e2e
 
@@ -48,12 +47,6 @@ def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _classify_requests_exported(metrics_url: str) -> float:
@@ -142,7 +135,7 @@ def test_pretrain_finetune_distill_register_promote_evaluate_serve_scrape(
     # Serve: the student answers first, texts it is unsure of go on to the teacher.
     serve_config = {
         "registry": str(registry_root),
-        "http": {"host": "127.0.0.1", "port": _free_port()},
+        "http": {"host": "127.0.0.1", "port": free_port()},
         "variants": {
             "full": {"model": "models:/e2e-sentiment@candidate", "num_cpus": 0.1},
             "distilled": {"model": "models:/e2e-sentiment-student@production", "num_cpus": 0.1},

@@ -8,7 +8,6 @@ models keep it fast; what is checked is the serving behaviour, not the answers' 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -22,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from serving import ServeClient, parse_serve_config, serve_config
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +36,6 @@ TEXTS = [
     "Quietly devastating and very funny.",
 ]
 API_KEY, ADMIN_KEY = "test-key", "test-admin-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(
@@ -86,7 +80,7 @@ def served(ray_cluster, serving_registry, tmp_path_factory):
     admin_keys.write_text(f"{ADMIN_KEY}\n")
     registry = Registry(serving_registry)
     threshold = _cascade_threshold(registry.resolve("sentiment-student@production"))
-    port = _free_port()
+    port = free_port()
     small = {"num_cpus": 0.1, "watch_interval_s": 1}
     main = {
         "registry": str(serving_registry),
