@@ -17,6 +17,7 @@ from training.checkpoint import restore_checkpoint, save_checkpoint
 from training.classifier import classifier_from_pretrained, student_from_teacher
 from training.config import DistillConfig, FinetuneConfig
 from training.hardware import fast_bf16
+from training.labeled import LABELED
 from training.loop import (
     build_engine,
     configure_process,
@@ -71,7 +72,11 @@ def classifier_loop_per_worker(loop_config: dict[str, Any]) -> None:
         labels = batch["label"].long()
         want_hidden = bool(distill and distill.hidden_weight > 0)
         out = engine(**inputs, output_hidden_states=want_hidden)
-        loss = torch.nn.functional.cross_entropy(out.logits.float(), labels)
+        # 0 marks a copy of a text that only the teacher has labeled (distillation.augment)
+        labeled = batch.get(LABELED) if distill is not None and distill.alpha > 0 else None
+        loss = torch.nn.functional.cross_entropy(
+            out.logits.float(), labels, reduction="mean" if labeled is None else "none"
+        )
         if distill is not None and distill.alpha > 0:
             if teacher is not None:
                 with torch.no_grad():
@@ -80,7 +85,12 @@ def classifier_loop_per_worker(loop_config: dict[str, Any]) -> None:
             else:
                 t_logits = batch[TEACHER_LOGITS].float()
             loss = distillation_loss(
-                out.logits, t_logits, loss, temperature=distill.temperature, alpha=distill.alpha
+                out.logits,
+                t_logits,
+                loss,
+                temperature=distill.temperature,
+                alpha=distill.alpha,
+                labeled=labeled,
             )
             if want_hidden:
                 loss = loss + distill.hidden_weight * hidden_state_loss(

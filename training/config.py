@@ -244,6 +244,19 @@ class RegistryConfig(_Config):
 # ---------------------------------------------------------------- distillation
 
 
+class AugmentConfig(_Config):
+    """Perturbed copies of the training texts that the teacher alone labels: more of the
+    teacher's behaviour for the student to match than the labeled examples show (after TinyBERT's
+    data augmentation, with word dropout and a neighbour swap instead of a language model)."""
+
+    copies: int = Field(default=0, ge=0, le=16)
+    """Copies of each training text; 0 trains on the labeled examples only."""
+    word_dropout: float = Field(default=0.15, ge=0, lt=1)
+    """Chance that each word of a copy is left out."""
+    swap_probability: float = Field(default=0.5, ge=0, le=1)
+    """Chance that a copy also swaps one pair of neighbouring words."""
+
+
 class DistillationConfig(_Config):
     teacher: str
     """Teacher model: an exported directory, an s3://, gs:// URI, a registry reference
@@ -259,6 +272,8 @@ class DistillationConfig(_Config):
     teacher_logits: Literal["precomputed", "in_worker"] = "precomputed"
     """`precomputed`: the teacher labels the training set once with Ray Data batch inference
     before training (classification); `in_worker`: a frozen teacher runs in every worker."""
+    augment: AugmentConfig = AugmentConfig()
+    """Teacher-labeled copies of the training texts (classification)."""
 
     @model_validator(mode="after")
     def _hidden_needs_teacher(self) -> DistillationConfig:
@@ -266,6 +281,15 @@ class DistillationConfig(_Config):
             raise ValueError(
                 "distillation.hidden_weight needs the teacher's hidden states: set "
                 "distillation.teacher_logits to 'in_worker' or hidden_weight to 0"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _copies_need_teacher(self) -> DistillationConfig:
+        if self.augment.copies and self.alpha == 0:
+            raise ValueError(
+                "distillation.augment.copies: the copies are labeled by the teacher alone, which "
+                "alpha 0 switches off; set alpha above 0 or augment.copies to 0"
             )
         return self
 
@@ -364,6 +388,11 @@ class PretrainConfig(JobConfig):
                 raise ValueError(
                     "distillation.teacher_logits: causal-LM teachers run in the workers (their "
                     "logits over the whole vocabulary are too large to store); use 'in_worker'"
+                )
+            if self.distillation.augment.copies:
+                raise ValueError(
+                    "distillation.augment.copies is for classifiers; a causal student already "
+                    "learns from the teacher on every token of the corpus: remove it"
                 )
         return self
 

@@ -88,16 +88,15 @@ def run_finetune(
     label_names = splits.label_names
     print(f"data: {splits.summary()}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(start_dir)
-    # Small enough to shuffle here; a Ray shuffle costs more than the data.
-    shuffled = splits.train.sample(frac=1.0, random_state=cfg.train.seed)
-    train_ds = tokenized_dataset(shuffled, tokenizer, cfg.data.max_length)
+    train_frame = training_frame(cfg, splits.train)
+    train_ds = tokenized_dataset(train_frame, tokenizer, cfg.data.max_length)
     val_ds = tokenized_dataset(splits.validation, tokenizer, cfg.data.max_length)
     if precomputed_teacher(cfg):
         cpus = max(1, int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker))
         train_ds = with_teacher_logits(train_ds, start_dir, cfg.train.micro_batch_size, cpus)
     train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
 
-    steps_per_epoch = max(1, len(splits.train) // cfg.train.global_batch_size)
+    steps_per_epoch = max(1, len(train_frame) // cfg.train.global_batch_size)
     max_steps = math.ceil(cfg.train.epochs * steps_per_epoch)
     if cfg.train.max_steps:
         max_steps = min(max_steps, cfg.train.max_steps)
@@ -167,9 +166,36 @@ def run_finetune(
 # ---------------------------------------------------------------- data
 
 
+def training_frame(cfg: ClassifierJob, train: Any) -> Any:
+    """The rows to train on, shuffled: the training split, plus for distillation with
+    `augment.copies` the perturbed copies, marked `labeled` 0 for the teacher to label."""
+    import pandas as pd
+
+    from training.labeled import LABELED, perturbed_copies
+
+    augment = cfg.distillation.augment if isinstance(cfg, DistillConfig) else None
+    if augment and augment.copies:
+        copies = perturbed_copies(
+            train,
+            augment.copies,
+            word_dropout=augment.word_dropout,
+            swap_probability=augment.swap_probability,
+            seed=cfg.train.seed,
+        )
+        train = pd.concat(
+            [train.assign(**{LABELED: 1}), copies.assign(**{LABELED: 0})], ignore_index=True
+        )
+        print(f"data: {len(copies)} perturbed copies for the teacher to label", flush=True)
+    # Small enough to shuffle here; a Ray shuffle costs more than the data.
+    return train.sample(frac=1.0, random_state=cfg.train.seed)
+
+
 def tokenized_dataset(frame: Any, tokenizer: Any, max_length: int) -> Any:
-    """A Ray dataset of fixed-length rows: input_ids, attention_mask (padded) and label."""
+    """A Ray dataset of fixed-length rows: input_ids, attention_mask (padded) and label, and
+    `labeled` where the frame has it."""
     import ray.data
+
+    from training.labeled import LABELED
 
     enc = tokenizer(
         frame["text"].tolist(),
@@ -178,17 +204,19 @@ def tokenized_dataset(frame: Any, tokenizer: Any, max_length: int) -> Any:
         padding="max_length",
         return_tensors="np",
     )
-    return ray.data.from_items(
-        [
-            {"input_ids": ids, "attention_mask": mask, "label": int(label)}
-            for ids, mask, label in zip(
-                enc["input_ids"].astype(np.int32),
-                enc["attention_mask"].astype(np.int8),
-                frame["label"].tolist(),
-                strict=True,
-            )
-        ]
-    )
+    rows = [
+        {"input_ids": ids, "attention_mask": mask, "label": int(label)}
+        for ids, mask, label in zip(
+            enc["input_ids"].astype(np.int32),
+            enc["attention_mask"].astype(np.int8),
+            frame["label"].tolist(),
+            strict=True,
+        )
+    ]
+    if LABELED in frame:
+        for row, labeled in zip(rows, frame[LABELED].tolist(), strict=True):
+            row[LABELED] = np.int8(labeled)
+    return ray.data.from_items(rows)
 
 
 class TeacherLogits:

@@ -26,6 +26,7 @@ from training.storage import is_uri
 
 __all__ = [
     "LABEL",
+    "LABELED",
     "ROTTEN_TOMATOES_LABELS",
     "TEXT",
     "LabeledSplits",
@@ -33,12 +34,15 @@ __all__ = [
     "label_names_for",
     "labeled_fingerprint",
     "load_splits",
+    "perturbed_copies",
     "prepare_splits",
     "read_labeled",
 ]
 
 TEXT = "text"
 LABEL = "label"
+LABELED = "labeled"
+"""1 for a labeled example, 0 for a copy that only the teacher labels (distillation)."""
 ROTTEN_TOMATOES_LABELS = ["rotten", "fresh"]
 """Negative first, so that label 1 means a positive review."""
 _SPLITS = ("train", "validation", "test")
@@ -279,6 +283,39 @@ def load_splits(data: LabeledDataConfig, seed: int) -> LabeledSplits:
         max_examples=data.max_examples,
         seed=seed,
     )
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def perturbed_copies(
+    frame: pd.DataFrame,
+    copies: int,
+    *,
+    word_dropout: float,
+    swap_probability: float,
+    seed: int,
+) -> pd.DataFrame:
+    """`copies` perturbed versions of every row's text, for the teacher to label.
+
+    Each copy leaves out each word with probability `word_dropout` (never all of them) and, with
+    probability `swap_probability`, swaps one pair of neighbouring words. The same frame and seed
+    give the same copies. Columns: `text`, and `label`, the original's, kept only for
+    bookkeeping: a copy's meaning may have changed, so training uses the teacher's targets.
+    """
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for _ in range(copies):
+        for text, label in zip(frame[TEXT], frame[LABEL], strict=True):
+            words = text.split()
+            draws = rng.random(len(words))
+            kept = [w for w, r in zip(words, draws, strict=True) if r >= word_dropout] or words
+            if len(kept) > 1 and rng.random() < swap_probability:
+                i = int(rng.integers(len(kept) - 1))
+                kept[i], kept[i + 1] = kept[i + 1], kept[i]
+            texts.append(" ".join(kept))
+            labels.append(label)
+    return pd.DataFrame({TEXT: texts, LABEL: labels})
 
 
 # ---------------------------------------------------------------- lineage

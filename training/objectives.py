@@ -43,22 +43,27 @@ def masked_lm_inputs(
 # ---------------------------------------------------------------- distillation
 
 
-def soft_target_loss(
+def soft_target_losses(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """KL(teacher || student) on temperature-softened distributions, times T^2.
+    """KL(teacher || student) on temperature-softened distributions, times T^2, per position.
 
     The T^2 factor keeps the soft-target gradients on the same scale as the label loss whatever
-    the temperature (Hinton et al., 2015). Logits of any shape [..., classes] are flattened, and
-    the mean is over positions (examples or tokens).
+    the temperature (Hinton et al., 2015). Logits of any shape [..., classes] are flattened into
+    positions (examples or tokens).
     """
     classes = student_logits.shape[-1]
     log_p_student = torch.log_softmax(student_logits.reshape(-1, classes).float() / temperature, -1)
     log_p_teacher = torch.log_softmax(teacher_logits.reshape(-1, classes).float() / temperature, -1)
-    kl = torch.nn.functional.kl_div(
-        log_p_student, log_p_teacher, log_target=True, reduction="batchmean"
-    )
-    return kl * temperature**2
+    kl = torch.nn.functional.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="none")
+    return kl.sum(-1) * temperature**2
+
+
+def soft_target_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """The mean of `soft_target_losses` over positions."""
+    return soft_target_losses(student_logits, teacher_logits, temperature).mean()
 
 
 def distillation_loss(
@@ -68,12 +73,22 @@ def distillation_loss(
     *,
     temperature: float,
     alpha: float,
+    labeled: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """alpha x soft-target loss + (1 - alpha) x the task's own label loss."""
-    if alpha == 0.0:
-        return label_loss
-    soft = soft_target_loss(student_logits, teacher_logits, temperature)
-    return alpha * soft + (1.0 - alpha) * label_loss
+    """alpha x soft-target loss + (1 - alpha) x the task's own label loss.
+
+    With `labeled` (per example, 1 or 0), `label_loss` is per example too, and the examples
+    marked 0, which only the teacher has labeled, learn from the soft targets alone.
+    """
+    if labeled is None:
+        if alpha == 0.0:
+            return label_loss
+        soft = soft_target_loss(student_logits, teacher_logits, temperature)
+        return alpha * soft + (1.0 - alpha) * label_loss
+    soft_each = soft_target_losses(student_logits, teacher_logits, temperature)
+    weight = labeled.to(soft_each.dtype)
+    mixed = alpha * soft_each + (1.0 - alpha) * label_loss.float()
+    return (weight * mixed + (1.0 - weight) * soft_each).mean()
 
 
 def hidden_state_loss(

@@ -27,7 +27,7 @@ from training.labeled import load_splits
 pytestmark = pytest.mark.integration
 
 
-def test_finetune_then_distill_a_classifier(ray_cluster, tiny_encoder, tmp_path):
+def test_finetune_then_distill_a_classifier(ray_cluster, tiny_encoder, tmp_path, capsys):
     recipe = tiny_classifier_recipe(tmp_path, str(tiny_encoder))
     teacher_cfg = parse_recipe(recipe, schema=FinetuneConfig)
     teacher = run_finetune(teacher_cfg)
@@ -52,21 +52,30 @@ def test_finetune_then_distill_a_classifier(ray_cluster, tiny_encoder, tmp_path)
     assert manifest["metrics"]["best_step"] >= 1
 
     # Distil into a 1-layer student from the teacher's logits, precomputed by Ray Data batch
-    # inference, with ZeRO-3.
+    # inference for the training split and one perturbed copy of it, with ZeRO-3.
     student_recipe = {
         key: value for key, value in recipe.items() if key not in ("model", "checkpoint")
     }
     student_cfg = parse_recipe(
         {
             **student_recipe,
-            "distillation": {"teacher": teacher.model_dir, "temperature": 2.0, "alpha": 0.8},
+            "distillation": {
+                "teacher": teacher.model_dir,
+                "temperature": 2.0,
+                "alpha": 0.8,
+                "augment": {"copies": 1},
+            },
             "student": {"num_layers": 1},
             "deepspeed": {"zero_stage": 3},
             "checkpoint": {"storage_path": str(tmp_path / "runs"), "run_name": "tiny-student"},
         },
         schema=DistillConfig,
     )
+    capsys.readouterr()
     student = run_finetune(student_cfg)
+    train_rows = manifest["lineage"]["dataset"]["splits"]["train"]
+    printed = capsys.readouterr().out
+    assert f"data: {train_rows} perturbed copies for the teacher to label" in printed
     s_manifest = read_manifest(student.model_dir)
     assert s_manifest["lineage"]["teacher"]["path"] == teacher.model_dir
     assert s_manifest["lineage"]["base_model"]["path"] == str(tiny_encoder)

@@ -44,6 +44,30 @@ def test_soft_target_loss_flattens_token_positions():
     assert soft_target_loss(student, teacher, 2.0).item() == pytest.approx(flat.item())
 
 
+def test_labeled_mask_of_ones_is_the_plain_mixed_loss():
+    torch.manual_seed(2)
+    student, teacher = torch.randn(5, 3), torch.randn(5, 3)
+    labels = torch.randint(3, (5,))
+    each = torch.nn.functional.cross_entropy(student, labels, reduction="none")
+    plain = distillation_loss(student, teacher, each.mean(), temperature=2.0, alpha=0.6)
+    masked = distillation_loss(
+        student, teacher, each, temperature=2.0, alpha=0.6, labeled=torch.ones(5)
+    )
+    assert masked.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_unlabeled_copies_learn_from_the_teacher_alone():
+    torch.manual_seed(3)
+    student, teacher = torch.randn(4, 2), torch.randn(4, 2)
+    labels = torch.randint(2, (4,))
+    each = torch.nn.functional.cross_entropy(student, labels, reduction="none")
+    labeled = torch.tensor([1, 1, 0, 0])
+    got = distillation_loss(student, teacher, each, temperature=3.0, alpha=0.5, labeled=labeled)
+    soft = [soft_target_loss(student[i : i + 1], teacher[i : i + 1], 3.0) for i in range(4)]
+    expected = (0.5 * (soft[0] + each[0]) + 0.5 * (soft[1] + each[1]) + soft[2] + soft[3]) / 4
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_alpha_zero_is_the_label_loss_alone():
     label_loss = torch.tensor(1.3)
     out = distillation_loss(
@@ -131,12 +155,26 @@ def test_classifier_recipes_validate(tmp_path):
         ({"train": {"global_batch_size": 20}}, "train.global_batch_size (20) must be a multiple"),
         ({"data": {"source": {"kind": "csv"}}}, "kind 'csv' needs a path"),
         ({"distillation": {"alpha": 1.5}}, "distillation.alpha"),
+        (
+            {"distillation": {"alpha": 0, "augment": {"copies": 2}}},
+            "distillation.augment.copies: the copies are labeled by the teacher alone",
+        ),
+        ({"distillation": {"augment": {"copies": 17}}}, "distillation.augment.copies"),
     ],
 )
 def test_bad_distill_recipes_name_the_key(tmp_path, sections, message):
     with pytest.raises(RecipeError) as err:
         parse_recipe(_distill_recipe(tmp_path, **sections), schema=DistillConfig)
     assert message in str(err.value)
+
+
+def test_causal_distillation_refuses_augmented_copies(recipe_factory):
+    recipe = recipe_factory(
+        distillation={"teacher": "smollm2", "teacher_logits": "in_worker", "augment": {"copies": 1}}
+    )
+    recipe.pop("tokenizer", None)
+    with pytest.raises(RecipeError, match="augment.copies is for classifiers"):
+        parse_recipe(recipe)
 
 
 def test_causal_distillation_uses_the_teachers_tokenizer(recipe_factory):

@@ -16,6 +16,7 @@ from training.labeled import (
     check_labeled_source,
     label_names_for,
     labeled_fingerprint,
+    perturbed_copies,
     prepare_splits,
     read_labeled,
 )
@@ -272,3 +273,28 @@ def test_rotten_tomatoes_reads_and_splits_as_documented():
     assert per_label == {"rotten": 5_384, "fresh": 7_368}
     assert sum(counts["test"].values()) == pytest.approx(0.2 * 12_752, abs=2)
     assert len(labeled_fingerprint(LabeledDataConfig(source=src), seed=0)) == 64
+
+
+def test_perturbed_copies_are_deterministic_shortened_and_never_empty():
+    frame = pd.DataFrame(
+        {
+            "text": ["a quietly devastating and beautiful film", "dull", "overlong but fun"],
+            "label": [1, 0, 1],
+        }
+    )
+    copies = perturbed_copies(frame, 3, word_dropout=0.3, swap_probability=0.5, seed=7)
+    again = perturbed_copies(frame, 3, word_dropout=0.3, swap_probability=0.5, seed=7)
+    other = perturbed_copies(frame, 3, word_dropout=0.3, swap_probability=0.5, seed=8)
+    assert copies.equals(again) and not copies.equals(other)
+    assert list(copies.columns) == ["text", "label"] and len(copies) == 9
+    assert copies["label"].tolist() == [1, 0, 1] * 3
+    for copy, original in zip(copies["text"], frame["text"].tolist() * 3, strict=True):
+        assert copy and set(copy.split()) <= set(original.split())
+    words = copies["text"].str.split().str.len().sum()
+    assert words < 3 * frame["text"].str.split().str.len().sum()
+
+
+def test_perturbed_copies_without_perturbation_repeat_the_texts():
+    frame = pd.DataFrame({"text": ["one two three", "four five"], "label": [0, 1]})
+    copies = perturbed_copies(frame, 2, word_dropout=0.0, swap_probability=0.0, seed=0)
+    assert copies["text"].tolist() == frame["text"].tolist() * 2
