@@ -45,6 +45,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GROUP = "classifiers"
 BASELINE_HOWTO = (
     "fmstack distill --config configs/distill/minilm-student.yaml --set distillation.alpha=0 "
+    "--set distillation.augment.copies=0 --set train.epochs=8 "
     "--set checkpoint.run_name=minilm-student-labels-only"
 )
 LABELS = {

@@ -29,6 +29,7 @@ fmstack finetune --config configs/finetune/minilm-rotten-tomatoes.yaml \
 step "3/5 distill: a 2-layer student from the registered teacher"
 fmstack distill --config configs/distill/minilm-student.yaml \
   --set checkpoint.run_name="$run-student" --set data.max_examples=2000 --set train.epochs=2 \
+  --set distillation.augment.copies=0 \
   --set train.eval_every=22 --set distillation.teacher=models:/demo-sentiment@candidate \
   --set registry.name=demo-sentiment-student --set 'registry.require=["accuracy>=0.65"]'
 

@@ -250,12 +250,14 @@ class TeacherLogits:
 def with_teacher_logits(ds: Any, teacher_dir: Path, batch_size: int, cpus: int) -> Any:
     """The training split with a `teacher_logits` column, from one actor using `cpus` CPUs (the
     training workers' CPUs, free until training starts)."""
+    import ray.data
+
     return ds.map_batches(
         TeacherLogits,
         fn_constructor_kwargs={"model_dir": str(teacher_dir), "threads": cpus},
         batch_size=max(32, batch_size),
         batch_format="numpy",
-        concurrency=1,
+        compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=cpus,
     )
 
