@@ -61,7 +61,10 @@ def classifier_loop_per_worker(loop_config: dict[str, Any]) -> None:
         f"{max_steps} steps" + (f", resuming at step {state.step}" if state.step else "")
     )
 
-    distill = cfg.distillation if isinstance(cfg, DistillConfig) else None
+    # The distillation section, when the teacher's targets are part of the loss (alpha > 0).
+    distill = (
+        cfg.distillation if isinstance(cfg, DistillConfig) and cfg.distillation.alpha > 0 else None
+    )
     window, loss_sum, loss_count = StepWindow(), 0.0, 0
     last: dict[str, float] = {}
     started, start_step = time.monotonic(), state.step
@@ -73,11 +76,11 @@ def classifier_loop_per_worker(loop_config: dict[str, Any]) -> None:
         want_hidden = bool(distill and distill.hidden_weight > 0)
         out = engine(**inputs, output_hidden_states=want_hidden)
         # 0 marks a copy of a text that only the teacher has labeled (distillation.augment)
-        labeled = batch.get(LABELED) if distill is not None and distill.alpha > 0 else None
+        labeled = batch.get(LABELED) if distill is not None else None
         loss = torch.nn.functional.cross_entropy(
             out.logits.float(), labels, reduction="mean" if labeled is None else "none"
         )
-        if distill is not None and distill.alpha > 0:
+        if distill is not None:
             if teacher is not None:
                 with torch.no_grad():
                     t_out = teacher(**inputs, output_hidden_states=want_hidden)

@@ -204,19 +204,15 @@ def tokenized_dataset(frame: Any, tokenizer: Any, max_length: int) -> Any:
         padding="max_length",
         return_tensors="np",
     )
-    rows = [
-        {"input_ids": ids, "attention_mask": mask, "label": int(label)}
-        for ids, mask, label in zip(
-            enc["input_ids"].astype(np.int32),
-            enc["attention_mask"].astype(np.int8),
-            frame["label"].tolist(),
-            strict=True,
-        )
-    ]
+    columns = {
+        "input_ids": enc["input_ids"].astype(np.int32),
+        "attention_mask": enc["attention_mask"].astype(np.int8),
+        "label": frame["label"].to_numpy(np.int64),
+    }
     if LABELED in frame:
-        for row, labeled in zip(rows, frame[LABELED].tolist(), strict=True):
-            row[LABELED] = np.int8(labeled)
-    return ray.data.from_items(rows)
+        columns[LABELED] = frame[LABELED].to_numpy(np.int8)
+    rows = zip(*columns.values(), strict=True)
+    return ray.data.from_items([dict(zip(columns, row, strict=True)) for row in rows])
 
 
 class TeacherLogits:
