@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import fnmatch
 import json
 import math
 import os
@@ -106,6 +107,21 @@ class Ratio:
     """Why there is no value (a case missing, not applicable or failed)."""
 
 
+def select(cases: list[Case], patterns: Iterable[str] | None) -> list[Case]:
+    """The cases whose names match any of the shell-style `patterns` (all cases for None).
+
+    A pattern that matches nothing is an error naming the cases there are, so a typo never
+    silently runs an empty benchmark."""
+    if patterns is None:
+        return list(cases)
+    patterns = list(patterns)
+    names = [c.name for c in cases]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise ValueError(f"no case matches {pattern!r}; the cases are: {', '.join(names)}")
+    return [c for c in cases if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+
+
 def run_interleaved(
     cases: list[Case], repeats: int, log: Callable[[str], None] = print
 ) -> list[CaseResult]:
@@ -163,7 +179,7 @@ def ratio(
     for name in (numerator, denominator):
         res = by_name.get(name)
         if res is None:
-            out.reason = f"no case {name!r}"
+            out.reason = f"{name} did not run"
             return out
         if res.status == "n/a":
             out.reason = f"{name} is not applicable"

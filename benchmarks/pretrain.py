@@ -1,6 +1,7 @@
 """Pretraining benchmark: fmstack (Ray Train + DeepSpeed ZeRO) against a plain PyTorch loop.
 
     .venv/bin/python -m benchmarks.pretrain [--size tiny|quick|full] [--repeats N] [--out DIR]
+        [--cases PATTERN ...]
 
 Everything is measured side by side in one run, cases interleaved over rounds, and reported as
 medians and ratios, because the machine is noisy:
@@ -11,7 +12,8 @@ medians and ratios, because the machine is noisy:
   bf16 autocast; tokens/s, step time, achieved FLOP/s and the fraction of the matmul ceiling;
 - memory: the largest per-worker peak RSS at ZeRO-0 and ZeRO-3 on a model of 100M+ parameters.
 
-Ray is started once (`ray.init(num_cpus=2)`) unless the caller already initialised it.
+Ray is started once (as `fmstack` starts its embedded Ray, 2 CPUs) unless the caller already
+initialised it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.harness import Case, CaseResult, Figures, Ratio, Report, ratio, run_interleaved
+from benchmarks.harness import (
+    Case,
+    CaseResult,
+    Figures,
+    Ratio,
+    Report,
+    ratio,
+    run_interleaved,
+    select,
+)
 from training.config import PretrainConfig, RecipeError, parse_recipe
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -727,15 +738,23 @@ def _notes(
 
 
 def run_benchmark(
-    size_name: str = "quick", repeats: int | None = None, out_dir: str | Path | None = None
+    size_name: str = "quick",
+    repeats: int | None = None,
+    out_dir: str | Path | None = None,
+    cases: list[str] | None = None,
 ) -> tuple[Report, Path, Path]:
-    """Run the benchmark, write its JSON and Markdown report, print the Markdown."""
+    """Run the benchmark, write its JSON and Markdown report, print the Markdown.
+
+    `cases`: shell-style patterns of the case names to run (default: all); ratios whose cases
+    did not run are reported as such."""
     import ray
 
     size = SIZES[size_name]
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        ray.init(address="local", num_cpus=WORKERS, include_dashboard=False)
+        from training.pretrain import start_local_ray
+
+        start_local_ray(WORKERS, include_dashboard=False)
     storage = Path(tempfile.mkdtemp(prefix="fmstack-bench-"))
     started = time.time()
     try:
@@ -746,9 +765,9 @@ def run_benchmark(
             "versions": _versions(),
             "load_average_start": os.getloadavg(),
         }
-        cases, meta["models"] = build_cases(size, storage)
+        every_case, meta["models"] = build_cases(size, storage)
         rounds = repeats or size.repeats
-        results = run_interleaved(cases, rounds)
+        results = run_interleaved(select(every_case, cases), rounds)
         _add_fraction_of_ceiling(results)
         meta["load_average_end"] = os.getloadavg()
         meta["wall_seconds"] = round(time.time() - started, 1)
@@ -784,8 +803,14 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=None, help="rounds of interleaved cases (default: per size)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where reports go")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        metavar="PATTERN",
+        help="run only the cases whose names match (shell patterns, e.g. 'plain *' '*ZeRO-3')",
+    )
     args = parser.parse_args(argv)
-    report, _, _ = run_benchmark(args.size, args.repeats, args.out)
+    report, _, _ = run_benchmark(args.size, args.repeats, args.out, args.cases)
     return 1 if any(c.status == "error" for c in report.cases) else 0
 
 

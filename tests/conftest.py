@@ -75,7 +75,9 @@ def ray_cluster():
     """The session's Ray cluster; yields the dashboard (Jobs API) URL."""
     import ray
 
-    ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=True)
+    from training.pretrain import start_local_ray
+
+    ctx = start_local_ray(2, include_dashboard=True, log_to_driver=True)
     try:
         yield f"http://{ctx.dashboard_url}"
     finally:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.harness import Case, Report, ratio, run_interleaved
+import pytest
+
+from benchmarks.harness import Case, Report, ratio, run_interleaved, select
 
 
 def _fake_pretrain(size, out):
@@ -60,3 +62,11 @@ def test_a_failing_benchmark_is_reported_and_the_rest_still_run(tmp_path):
     parts, json_path, _ = run_suite("tiny", ("pretrain",), tmp_path, runners={"pretrain": _broken})
     assert parts[0].error == "RuntimeError: ray did not start"
     assert json.loads(json_path.read_text())["benchmarks"]["pretrain"]["error"] == parts[0].error
+
+
+def test_a_case_pattern_that_matches_nothing_names_the_cases():
+    cases = [Case("plain fp32"), Case("fmstack fp32 ZeRO-3")]
+    assert [c.name for c in select(cases, ["*ZeRO-3"])] == ["fmstack fp32 ZeRO-3"]
+    assert select(cases, None) == cases
+    with pytest.raises(ValueError, match=r"no case matches 'ZeRO-4'.*plain fp32, fmstack"):
+        select(cases, ["ZeRO-4"])
