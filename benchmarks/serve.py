@@ -280,7 +280,8 @@ def run_benchmark(
     import ray
 
     from cluster.registry import Registry
-    from serving import ServeClient, parse_serve_config, serve_config
+    from serving import LOCAL_SERVE_ENV, ServeClient, parse_serve_config, serve_config
+    from training.pretrain import start_local_ray
 
     started = time.time()
     load_start = os.getloadavg()
@@ -302,7 +303,7 @@ def run_benchmark(
     registry.promote(promoted, versions[0], "production")
 
     plain = {name: start_plain_server(str(path), threads) for name, path in dirs.items()}
-    ctx = ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
+    ctx = start_local_ray(2, env=LOCAL_SERVE_ENV, include_dashboard=True, log_to_driver=False)
     client = ServeClient(f"http://{ctx.dashboard_url}")
     port = _free_port()
     try:

@@ -274,7 +274,9 @@ def _ray_pod(
     return {"metadata": {"labels": pod_labels}, "spec": spec}
 
 
-def _env(data_claim: str | None, api_keys_secret: str | None = None) -> list[dict[str, Any]]:
+def _env(
+    data_claim: str | None, api_keys_secret: str | None = None, serve: bool = False
+) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": "FMSTACK_CACHE", "value": PACKAGED_CACHE}]
     if data_claim:
         env.append({"name": "FMSTACK_REGISTRY", "value": REGISTRY_DIR})
@@ -288,6 +290,10 @@ def _env(data_claim: str | None, api_keys_secret: str | None = None) -> list[dic
         for var, key in (("FMSTACK_API_KEYS", "api-keys"), ("FMSTACK_ADMIN_KEYS", "admin-keys")):
             ref = {"name": api_keys_secret, "key": key, "optional": key == "admin-keys"}
             env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
+    if serve:  # Serve's high-throughput mode: HAProxy on the Serve port, direct gRPC inside
+        from serving import HIGH_THROUGHPUT_ENV
+
+        env += [{"name": k, "value": v} for k, v in HIGH_THROUGHPUT_ENV.items()]
     return env
 
 
@@ -305,7 +311,7 @@ def _cluster_spec(
 ) -> dict[str, Any]:
     """A RayCluster spec (also the rayClusterSpec of a RayJob and rayClusterConfig of a
     RayService). The dashboard, GCS and client ports stay on the cluster-internal head Service."""
-    env = _env(data_claim, api_keys_secret)
+    env = _env(data_claim, api_keys_secret, serve)
     head_ports = dict(PORTS) | ({"serve": SERVE_PORT} if serve else {})
     head_params = {"dashboard-host": "0.0.0.0", "metrics-export-port": str(METRICS_PORT)}
     if serve:  # replicas go to the workers, which the autoscaler adds and removes

@@ -331,14 +331,18 @@ def _ray_bin() -> str:
 
 
 def _start_local_ray(num_cpus: int | None) -> str:
-    """`ray start --head` on this machine; returns its dashboard address."""
+    """`ray start --head` on this machine, in Serve's high-throughput mode; returns its
+    dashboard address."""
     import re
+
+    from serving import LOCAL_SERVE_ENV
 
     cmd = [_ray_bin(), "start", "--head", "--dashboard-host", "127.0.0.1", "--disable-usage-stats"]
     if num_cpus:
         cmd += ["--num-cpus", str(num_cpus)]
     with console.status("starting a local Ray cluster (ray start --head) ..."):
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        env = {**LOCAL_SERVE_ENV, **os.environ}  # the caller's settings win
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if done.returncode != 0:
             _fail(f"ray start failed:\n{done.stderr or done.stdout}")
         said = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)  # no colours

@@ -3,6 +3,8 @@ variant, routing policies, auth, metrics) and the Serve config that runs it."""
 
 from serving.config import ServeConfig, VariantConfig, load_serve_config, parse_serve_config
 from serving.deploy import (
+    HIGH_THROUGHPUT_ENV,
+    LOCAL_SERVE_ENV,
     DeployError,
     ServeClient,
     pins_of,
@@ -13,6 +15,8 @@ from serving.deploy import (
 )
 
 __all__ = [
+    "HIGH_THROUGHPUT_ENV",
+    "LOCAL_SERVE_ENV",
     "DeployError",
     "ServeClient",
     "ServeConfig",

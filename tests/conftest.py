@@ -75,9 +75,10 @@ def ray_cluster():
     """The session's Ray cluster; yields the dashboard (Jobs API) URL."""
     import ray
 
+    from serving import LOCAL_SERVE_ENV
     from training.pretrain import start_local_ray
 
-    ctx = start_local_ray(2, include_dashboard=True, log_to_driver=True)
+    ctx = start_local_ray(2, env=LOCAL_SERVE_ENV, include_dashboard=True, log_to_driver=True)
     try:
         yield f"http://{ctx.dashboard_url}"
     finally:

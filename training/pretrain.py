@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +74,13 @@ def local_ray_env(num_cpus: int) -> dict[str, str]:
     }
 
 
-def start_local_ray(num_cpus: int, **kwargs: Any) -> Any:
+def start_local_ray(num_cpus: int, env: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
     """A new embedded Ray cluster on this machine (even when `ray start` runs one), tuned for
-    fmstack's jobs by `local_ray_env` (settings already in the environment win); returns
-    `ray.init`'s context."""
+    fmstack's jobs by `local_ray_env` and given `env` (settings already in the environment win);
+    returns `ray.init`'s context."""
     import ray
 
-    for name, value in local_ray_env(num_cpus).items():
+    for name, value in {**local_ray_env(num_cpus), **(env or {})}.items():
         os.environ.setdefault(name, value)
     return ray.init(address="local", num_cpus=num_cpus, **kwargs)
 

@@ -478,6 +478,32 @@ def test_a_recipe_job_becomes_a_rayjob_that_runs_fmstack_on_it(
     assert not of_kind(rendered["default"], "RayJob")
 
 
+def test_serving_pods_run_serve_in_high_throughput_mode_unless_turned_off(
+    helm: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    from serving import HIGH_THROUGHPUT_ENV
+
+    def modes(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+        return {
+            where: {
+                k: env_of(spec["spec"]["containers"][0]).get(k, {}).get("value")
+                for k in HIGH_THROUGHPUT_ENV
+            }
+            for obj in objects
+            if obj["kind"] in ("RayService", "RayJob")
+            for where, spec in pod_specs(obj)
+            if "submitter" not in where
+        }
+
+    found = modes(rendered["cpu-only"])
+    assert any("sentiment" in where for where in found)  # a RayJob is among them
+    for where, env in found.items():
+        serving = where.startswith(f"{FULLNAME} ")  # the RayService's pods
+        assert env == (HIGH_THROUGHPUT_ENV if serving else dict.fromkeys(HIGH_THROUGHPUT_ENV)), where
+    off = modes(render(helm, "--set", "serve.highThroughput=false"))
+    assert off and all(env == dict.fromkeys(HIGH_THROUGHPUT_ENV) for env in off.values())
+
+
 # ---------------------------------------------------------------- monitoring
 
 

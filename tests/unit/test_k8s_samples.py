@@ -133,6 +133,20 @@ def test_rayservice_embeds_the_serve_config_that_serve_build_prints() -> None:
     assert keys["FMSTACK_ADMIN_KEYS"]["key"] == "admin-keys"
 
 
+def test_rayservice_pods_run_serve_in_high_throughput_mode() -> None:
+    from serving import HIGH_THROUGHPUT_ENV
+
+    (service,) = objects(ROOT / "k8s" / "rayservice.fmstack.yaml")
+    for pod in pod_specs(service):
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert {k: env.get(k) for k in HIGH_THROUGHPUT_ENV} == HIGH_THROUGHPUT_ENV
+    for sample in RAYJOB_SAMPLES:  # training clusters serve nothing
+        for obj in objects(ROOT / "k8s" / sample):
+            for pod in pod_specs(obj):
+                names = {e["name"] for e in pod["containers"][0].get("env", [])}
+                assert not names & set(HIGH_THROUGHPUT_ENV), sample
+
+
 def test_rayservice_sample_equals_the_builder() -> None:
     (service,) = objects(ROOT / "k8s" / "rayservice.fmstack.yaml")
     serve_cfg = yaml.safe_load(service["spec"]["serveConfigV2"])

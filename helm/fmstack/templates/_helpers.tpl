@@ -132,6 +132,13 @@ limits:
   value: /tmp/.cache/matplotlib
 - name: HF_HUB_OFFLINE
   value: "1"
+{{- if and .serve $v.serve.highThroughput }}
+# Ray Serve's high-throughput mode: HAProxy on the Serve port, direct gRPC between deployments.
+- name: RAY_SERVE_ENABLE_HA_PROXY
+  value: "1"
+- name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+  value: "1"
+{{- end }}
 {{- if .apiKeys }}
 - name: FMSTACK_API_KEYS
   valueFrom:
@@ -251,7 +258,7 @@ spec:
           protocol: TCP
         {{- end }}
       env:
-        {{- include "fmstack.rayEnv" (dict "ctx" .ctx "apiKeys" .apiKeys) | nindent 8 }}
+        {{- include "fmstack.rayEnv" (dict "ctx" .ctx "apiKeys" .apiKeys "serve" (eq (.workload | default "") "serve")) | nindent 8 }}
       resources:
         {{- include "fmstack.resources" (dict "resources" .resources "gpus" .gpus) | nindent 8 }}
       securityContext:
