@@ -11,9 +11,12 @@ import torch
 from training import LoadedModel, classify
 
 
-def classify_texts(loaded: LoadedModel, texts: Sequence[str], max_length: int) -> list[dict]:
-    """Label, score and every class probability for each text."""
-    probs = classify(loaded, texts, batch_size=max(len(texts), 1), max_length=max_length)
+def classify_texts(
+    loaded: LoadedModel, texts: Sequence[str], max_length: int, batch_size: int = 16
+) -> list[dict]:
+    """Label, score and every class probability for each text (`batch_size` per forward pass,
+    texts of similar length together)."""
+    probs = classify(loaded, texts, batch_size=batch_size, max_length=max_length)
     names = loaded.label_names or [str(i) for i in range(probs.shape[1])]
     out = []
     for row in probs:

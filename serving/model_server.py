@@ -197,7 +197,12 @@ class ModelServer:
         served = self._model("classification")
         flat = [t for texts in requests for t in texts]
         results = await self._run_batch(
-            len(requests), classify_texts, served.loaded, flat, self._max_length()
+            len(requests),
+            classify_texts,
+            served.loaded,
+            flat,
+            self._max_length(),
+            int(self._settings.get("forward_batch_size", 16)),
         )
         return [self._answer(served, part) for part in _split(results, requests)]
 

@@ -106,25 +106,40 @@ def load_model(
 # ---------------------------------------------------------------- classification
 
 
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of the items in batches of similar length (shortest first), so that padding
+    each batch to its longest item wastes little."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
 def classify(
     loaded: LoadedModel, texts: Sequence[str], *, batch_size: int = 64, max_length: int = 128
 ) -> np.ndarray:
-    """Class probabilities, shape [len(texts), classes]."""
+    """Class probabilities, shape [len(texts), classes], in the order of `texts`; the texts run
+    in batches of similar length."""
     if loaded.task != "classification":
         raise ValueError(f"{loaded.path} is a {loaded.task} model, not a classifier")
-    out = []
-    for start in range(0, len(texts), batch_size):
+    texts = list(texts)
+    probs = np.zeros((len(texts), loaded.model.config.num_labels), dtype=np.float32)
+    if not texts:
+        return probs
+    lengths = [
+        len(ids)
+        for ids in loaded.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    ]
+    for batch in length_sorted_batches(lengths, batch_size):
         enc = loaded.tokenizer(
-            list(texts[start : start + batch_size]),
+            [texts[i] for i in batch],
             truncation=True,
             max_length=max_length,
             padding=True,
             return_tensors="pt",
         )
         logits = loaded.model(**enc).logits.float()
-        out.append(torch.softmax(logits, -1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(loaded.label_names)))
+        probs[batch] = torch.softmax(logits, -1).numpy()
+    return probs
 
 
 def evaluate_classifier(

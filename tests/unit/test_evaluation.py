@@ -142,3 +142,31 @@ def test_flat_metrics_for_manifests_and_gates():
 def test_bad_inputs_are_refused(y_true, y_pred, names, message):
     with pytest.raises(ValueError, match=message):
         classification_report(y_true, y_pred, names)
+
+
+def test_length_sorted_batches_group_similar_lengths_and_keep_every_index():
+    from training.inference import length_sorted_batches
+
+    batches = length_sorted_batches([5, 1, 9, 1, 5, 3], 2)
+    assert batches == [[1, 3], [5, 0], [4, 2]]
+    assert length_sorted_batches([], 4) == []
+
+
+def test_classify_answers_in_the_order_of_the_texts(tmp_path):
+    from tests.conftest import export_tiny_classifier
+    from training import classify, load_model
+
+    model = load_model(export_tiny_classifier(tmp_path / "m", seed=0))
+    texts = [
+        "a long and winding review that goes on and on about the film",
+        "bad",
+        "a fine film",
+        "quite good, really",
+        "dull",
+    ]
+    one_by_one = [classify(model, [t])[0] for t in texts]
+    together = classify(model, texts, batch_size=2)
+    assert together.shape == (5, 2)
+    for single, batched in zip(one_by_one, together, strict=True):
+        assert batched == pytest.approx(single, abs=1e-5)
+    assert classify(model, []).shape == (0, 2)

@@ -497,11 +497,12 @@ def test_serving_pods_run_serve_in_high_throughput_mode_unless_turned_off(
 
     found = modes(rendered["cpu-only"])
     assert any("sentiment" in where for where in found)  # a RayJob is among them
+    unset = dict.fromkeys(HIGH_THROUGHPUT_ENV)
     for where, env in found.items():
         serving = where.startswith(f"{FULLNAME} ")  # the RayService's pods
-        assert env == (HIGH_THROUGHPUT_ENV if serving else dict.fromkeys(HIGH_THROUGHPUT_ENV)), where
+        assert env == (HIGH_THROUGHPUT_ENV if serving else unset), where
     off = modes(render(helm, "--set", "serve.highThroughput=false"))
-    assert off and all(env == dict.fromkeys(HIGH_THROUGHPUT_ENV) for env in off.values())
+    assert off and all(env == unset for env in off.values())
 
 
 # ---------------------------------------------------------------- monitoring
