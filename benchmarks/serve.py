@@ -23,7 +23,8 @@ new version pinned in its `user_config`, as `fmstack serve promote` does; figure
 redeploy call to the first answer from the new version, and failed requests meanwhile (must be 0).
 
 Every model runs with `torch.set_num_threads(threads)` in one replica or process. Figures: QPS,
-p50 and p99 latency (ms), errors. Targets: Serve adds at most 5 ms at p50 at concurrency 1
+p50 and p99 latency (ms), errors, and for fmstack the mean batch size the requests ran in
+(warm-up requests included). Targets: Serve adds at most 5 ms at p50 at concurrency 1
 (fmstack-full-nobatch vs plain-full); with batching fmstack reaches at least 2x plain's QPS at
 concurrency 32 at equal or better p99; distilled reaches at least 3x full's QPS.
 """
@@ -61,6 +62,7 @@ LABELS = {
     "p50_ms": "p50 ms",
     "p99_ms": "p99 ms",
     "errors": "errors",
+    "mean_batch": "mean batch",
     "promote_to_serving_s": "promote to new version (s)",
     "failed_requests": "failed requests",
     "requests_during": "requests during",
@@ -120,6 +122,31 @@ async def _load(url: str, bodies: list[dict], concurrency: int, requests: int) -
 def load_case(url: str, bodies: list[dict], concurrency: int) -> Callable[[], Figures]:
     def run() -> Figures:
         return asyncio.run(_load(url, bodies, concurrency, REQUESTS.get(concurrency, 240)))
+
+    return run
+
+
+def _batching(base: str, variant: str) -> tuple[int, int]:
+    """(batches, requests in them) that the variant's replica has run so far."""
+    with urllib.request.urlopen(f"{base}/v1/models", timeout=10) as response:
+        info = json.load(response)["variants"][variant]
+    return int(info.get("batches", 0)), int(info.get("batched_requests", 0))
+
+
+def fmstack_case(
+    base: str, bodies: list[dict], concurrency: int, variant: str
+) -> Callable[[], Figures]:
+    """A load case on the Serve application that also reports the mean batch size its
+    requests ran in on `variant` (warm-up requests included)."""
+    load = load_case(f"{base}/v1/classify", bodies, concurrency)
+
+    def run() -> Figures:
+        batches, requests = _batching(base, variant)
+        figures = dict(load())
+        batches_after, requests_after = _batching(base, variant)
+        if batches_after > batches:
+            figures["mean_batch"] = (requests_after - requests) / (batches_after - batches)
+        return figures
 
     return run
 
@@ -329,7 +356,10 @@ def run_benchmark(
                 cases.append(
                     Case(
                         f"fmstack-{variant}-c{c}",
-                        load_case(f"{base}/v1/classify", fm_bodies, c),
+                        # The cascade asks the distilled variant first.
+                        fmstack_case(
+                            base, fm_bodies, c, "distilled" if variant == "cascade" else variant
+                        ),
                         group,
                         params={"concurrency": c, "variant": variant},
                     )

@@ -86,6 +86,7 @@ class ModelServer:
         self._last_error: str | None = None
         self._watcher: asyncio.Task | None = None
         self._batches = 0
+        self._batched_requests = 0
         self._batch_sizes: list[int] = []
         self._metrics = metrics.ModelMetrics(variant)
 
@@ -228,6 +229,7 @@ class ModelServer:
 
     async def _run_batch(self, requests: int, fn: Any, *args: Any) -> Any:
         self._batches += 1
+        self._batched_requests += requests
         self._batch_sizes = (self._batch_sizes + [requests])[-1000:]
         self._metrics.batch_size.observe(requests)
         start = time.perf_counter()
@@ -276,6 +278,7 @@ class ModelServer:
             "loaded": served is not None,
             "last_error": self._last_error,
             "batches": self._batches,
+            "batched_requests": self._batched_requests,
             "max_batch_size_seen": max(sizes, default=0),
             "mean_batch_size": sum(sizes) / len(sizes) if sizes else 0.0,
         }
