@@ -125,16 +125,12 @@ def classify(
     probs = np.zeros((len(texts), loaded.model.config.num_labels), dtype=np.float32)
     if not texts:
         return probs
-    lengths = [
-        len(ids)
-        for ids in loaded.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    ]
+    # Tokenized once; each batch is then padded to its own longest text.
+    encoded = loaded.tokenizer(texts, truncation=True, max_length=max_length)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
     for batch in length_sorted_batches(lengths, batch_size):
-        enc = loaded.tokenizer(
-            [texts[i] for i in batch],
-            truncation=True,
-            max_length=max_length,
-            padding=True,
+        enc = loaded.tokenizer.pad(
+            {key: [values[i] for i in batch] for key, values in encoded.items()},
             return_tensors="pt",
         )
         logits = loaded.model(**enc).logits.float()
