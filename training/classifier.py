@@ -74,8 +74,18 @@ def student_from_teacher(
         )
     config = copy.deepcopy(t_config)
     config.num_hidden_layers = len(layers)
+    state = _select_layers(teacher.state_dict(), layers)
+    width = cfg.intermediate_size
+    if width is not None and width != t_config.intermediate_size:
+        if width > t_config.intermediate_size:
+            raise ValueError(
+                f"student.intermediate_size ({width}) exceeds the teacher's "
+                f"{t_config.intermediate_size}; a teacher_layers student can only be narrower"
+            )
+        state = _prune_feed_forward(state, width)
+        config.intermediate_size = width
     student = AutoModelForSequenceClassification.from_config(config)
-    student.load_state_dict(_select_layers(teacher.state_dict(), layers))
+    student.load_state_dict(state)
     return student, layers
 
 
@@ -92,6 +102,34 @@ def _select_layers(state: dict[str, torch.Tensor], layers: list[int]) -> dict[st
                     continue
                 parts[at] = keep[parts[at]]
         out[".".join(parts)] = tensor.clone()
+    return out
+
+
+_FFN_IN = "intermediate.dense."
+_FFN_OUT = "output.dense."
+
+
+def _prune_feed_forward(state: dict[str, torch.Tensor], keep: int) -> dict[str, torch.Tensor]:
+    """Each layer's `keep` most important feed-forward neurons, in their original order.
+
+    A neuron's importance is the norm of its input weights times the norm of its output weights,
+    a bound on how much it can move the layer's output (structured pruning by magnitude).
+    """
+    suffix = _FFN_IN + "weight"
+    prefixes = [name.removesuffix(suffix) for name in state if name.endswith(suffix)]
+    if not prefixes:
+        raise ValueError(
+            "student.intermediate_size: the teacher has no BERT-style feed-forward layers to "
+            "narrow; leave it unset or use student.init: scratch"
+        )
+    out = dict(state)
+    for prefix in prefixes:
+        w_in, w_out = state[prefix + _FFN_IN + "weight"], state[prefix + _FFN_OUT + "weight"]
+        importance = w_in.norm(dim=1) * w_out.norm(dim=0)
+        kept = importance.topk(keep).indices.sort().values
+        out[prefix + _FFN_IN + "weight"] = w_in[kept].clone()
+        out[prefix + _FFN_IN + "bias"] = state[prefix + _FFN_IN + "bias"][kept].clone()
+        out[prefix + _FFN_OUT + "weight"] = w_out[:, kept].clone()
     return out
 
 

@@ -8,12 +8,14 @@ The driver exports the best checkpoint when training ends (`training.finetune`).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from training.checkpoint import restore_checkpoint, save_checkpoint
+from training.checkpoint import TrainerState, restore_checkpoint, save_checkpoint
 from training.classifier import classifier_from_pretrained, student_from_teacher
 from training.config import DistillConfig, FinetuneConfig
 from training.hardware import fast_bf16
@@ -24,13 +26,15 @@ from training.loop import (
     fail_if_rehearsing,
     format_duration,
     mean_across_ranks,
-    micro_batches,
     printer,
 )
 from training.metrics import PeakMemory, StepWindow, TrainingMetrics
 from training.objectives import distillation_loss, hidden_state_loss
 
 TEACHER_LOGITS = "teacher_logits"
+LENGTH_GROUP_BATCHES = 50
+"""Batches per window that `epoch_batches` sorts by length (Hugging Face's group_by_length uses
+the same megabatch of 50)."""
 
 
 def classifier_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -50,8 +54,10 @@ def classifier_loop_per_worker(loop_config: dict[str, Any]) -> None:
     engine = build_engine(model, cfg, precision, max_steps, model.config.hidden_size)
     state = restore_checkpoint(engine)
     memory = PeakMemory(cfg.scaling.use_gpu)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("validation")
+    # Labeled sets are small: each rank holds its shards in memory, which lets every epoch
+    # reshuffle and group texts by length without another pass through Ray Data.
+    train_rows = shard_rows(ray.train.get_dataset_shard("train"))
+    val_rows = shard_rows(ray.train.get_dataset_shard("validation"))
     metrics = TrainingMetrics(cfg.checkpoint.run_name, loop_config["job"]) if rank == 0 else None
     log = printer(rank)
     n_params = sum(p.numel() for p in model.parameters())
@@ -68,7 +74,14 @@ def classifier_loop_per_worker(loop_config: dict[str, Any]) -> None:
     window, loss_sum, loss_count = StepWindow(), 0.0, 0
     last: dict[str, float] = {}
     started, start_step = time.monotonic(), state.step
-    for batch in micro_batches(train_shard, cfg.train.micro_batch_size, state, dtypes=None):
+    batches = classifier_batches(
+        train_rows,
+        cfg.train.micro_batch_size,
+        state,
+        seed=cfg.train.seed + rank,
+        group_by_length=cfg.train.group_by_length,
+    )
+    for batch in batches:
         if state.step >= max_steps:
             break
         inputs = trim_padding(batch)
@@ -129,7 +142,7 @@ def classifier_loop_per_worker(loop_config: dict[str, Any]) -> None:
             window, loss_sum, loss_count = StepWindow(), 0.0, 0
 
         if state.step % eval_every == 0 or state.step == max_steps:
-            val = validate(engine, val_shard, cfg.train.micro_batch_size, len(label_names))
+            val = validate(engine, val_rows, cfg.train.micro_batch_size, len(label_names))
             last |= val
             score = val[cfg.train.metric] * (-1 if cfg.train.metric == "validation_loss" else 1)
             improved = state.best_score is None or score > state.best_score
@@ -183,6 +196,59 @@ def _build_models(
     return student, (teacher if in_worker else None), layers
 
 
+def shard_rows(shard: Any) -> dict[str, torch.Tensor]:
+    """All rows of a rank's dataset shard as tensors, in a canonical order (sorted by token ids),
+    so that a restarted worker sees them in the same order whatever order Ray Data streams them."""
+    parts = list(shard.iter_torch_batches(batch_size=4096, dtypes=None))
+    if not parts:
+        return {}
+    rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    ids = rows["input_ids"].numpy()
+    order = torch.from_numpy(np.lexsort(ids.T[::-1]))
+    return {k: v[order] for k, v in rows.items()}
+
+
+def epoch_batches(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool
+) -> np.ndarray:
+    """Row indices of one epoch's micro-batches, one row of the result per batch.
+
+    Every epoch draws a fresh permutation (remainder rows sit the epoch out). With
+    `group_by_length`, each window of `LENGTH_GROUP_BATCHES` batches is sorted by length, so that
+    a batch pads little, and the batches are then shuffled.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    n = len(lengths) // batch_size * batch_size
+    order = rng.permutation(len(lengths))[:n]
+    if not group_by_length:
+        return order.reshape(-1, batch_size)
+    window = LENGTH_GROUP_BATCHES * batch_size
+    chunks = [order[i : i + window] for i in range(0, n, window)]
+    order = np.concatenate([c[np.argsort(lengths[c], kind="stable")] for c in chunks] or [order])
+    batches = order.reshape(-1, batch_size)
+    return batches[rng.permutation(len(batches))]
+
+
+def classifier_batches(
+    rows: dict[str, torch.Tensor],
+    batch_size: int,
+    state: TrainerState,
+    *,
+    seed: int,
+    group_by_length: bool,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless micro-batches of a rank's rows, starting at the saved data position."""
+    lengths = rows["attention_mask"].sum(1).numpy()
+    while True:
+        batches = epoch_batches(lengths, batch_size, seed, state.epoch, group_by_length)
+        for i in range(state.batches_in_epoch, len(batches)):
+            state.batches_in_epoch = i + 1
+            idx = torch.from_numpy(batches[i])
+            yield {k: v[idx] for k, v in rows.items()}
+        state.epoch += 1
+        state.batches_in_epoch = 0
+
+
 def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Model inputs cut to the longest example in the batch (rows are padded to max_length)."""
     mask = batch["attention_mask"].long()
@@ -193,15 +259,20 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def validate(engine: Any, shard: Any, batch_size: int, n_labels: int) -> dict[str, float]:
+def validate(
+    engine: Any, rows: dict[str, torch.Tensor], batch_size: int, n_labels: int
+) -> dict[str, float]:
     """Loss, accuracy and macro F1 over every rank's whole validation shard."""
     import torch.distributed as dist
 
     engine.eval()
     confusion = torch.zeros(n_labels, n_labels, dtype=torch.float64)
     loss_total = torch.zeros(1, dtype=torch.float64)
+    # In length order, so that each batch pads little.
+    order = torch.argsort(rows["attention_mask"].sum(1), stable=True) if rows else torch.empty(0)
     with torch.no_grad():
-        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=False):
+        for idx in order.long().split(batch_size):
+            batch = {k: v[idx] for k, v in rows.items()}
             logits = engine(**trim_padding(batch)).logits.float()
             labels = batch["label"].long()
             loss_total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()

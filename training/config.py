@@ -453,7 +453,8 @@ class StudentConfig(_Config):
     num_heads: int | None = Field(default=None, gt=0)
     """Attention heads of a `scratch` student (default: the teacher's)."""
     intermediate_size: int | None = Field(default=None, gt=0)
-    """Feed-forward width of a `scratch` student (default: 4 x hidden_size)."""
+    """Feed-forward width. `scratch`: default 4 x hidden_size. `teacher_layers`: default the
+    teacher's; a smaller width keeps each copied layer's most important feed-forward neurons."""
 
     @model_validator(mode="after")
     def _layers_match(self) -> StudentConfig:
@@ -465,10 +466,10 @@ class StudentConfig(_Config):
                     f"student.layers lists {len(self.layers)} layers but student.num_layers is "
                     f"{self.num_layers}; make them agree"
                 )
-        if self.init == "teacher_layers" and (self.hidden_size or self.intermediate_size):
+        if self.init == "teacher_layers" and (self.hidden_size or self.num_heads):
             raise ValueError(
-                "student.hidden_size and intermediate_size are for init 'scratch'; a "
-                "teacher_layers student has the teacher's width"
+                "student.hidden_size and num_heads are for init 'scratch'; a teacher_layers "
+                "student has the teacher's width and heads"
             )
         return self
 
@@ -484,6 +485,9 @@ class FinetuneTrainConfig(BatchConfig):
     """Validation metric that picks the best checkpoint and drives early stopping."""
     early_stopping_patience: int | None = Field(default=None, ge=1)
     """Stop after this many validation passes without improvement; none disables it."""
+    group_by_length: bool = True
+    """Batch texts of similar length together (within windows of 50 batches), so that batches
+    carry less padding; every epoch still reshuffles, and the batches' order is random."""
 
 
 class _ClassifierJob(JobConfig):

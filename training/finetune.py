@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from training.config import DistillConfig, FinetuneConfig
+from training.config import DistillConfig, FinetuneConfig, RecipeError
 from training.storage import MANIFEST, join, publish_directory
 
 ClassifierJob = FinetuneConfig | DistillConfig
@@ -89,6 +89,13 @@ def run_finetune(
     print(f"data: {splits.summary()}", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(start_dir)
     train_frame = training_frame(cfg, splits.train)
+    per_worker = len(train_frame) // cfg.scaling.num_workers
+    if per_worker < cfg.train.micro_batch_size:
+        raise RecipeError(
+            f"train.micro_batch_size: {cfg.train.micro_batch_size} is more than each of the "
+            f"{cfg.scaling.num_workers} workers' {per_worker} training examples; lower it, or "
+            "scaling.num_workers"
+        )
     train_ds = tokenized_dataset(train_frame, tokenizer, cfg.data.max_length)
     val_ds = tokenized_dataset(splits.validation, tokenizer, cfg.data.max_length)
     if precomputed_teacher(cfg):

@@ -119,6 +119,21 @@ def test_a_student_with_every_teacher_layer_reproduces_the_teacher():
     assert loss.item() == pytest.approx(0.0, abs=1e-8)
 
 
+def test_a_narrower_student_keeps_the_feed_forward_neurons_that_matter():
+    teacher = _teacher(layers=3)
+    with torch.no_grad():  # 8 of each layer's 32 neurons cannot reach the output
+        for layer in teacher.bert.encoder.layer:
+            layer.output.dense.weight[:, ::4] = 0.0
+    student, _ = student_from_teacher(teacher, StudentConfig(num_layers=3, intermediate_size=24))
+    assert student.config.intermediate_size == 24
+    assert student.bert.encoder.layer[0].intermediate.dense.weight.shape == (24, 16)
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(student.eval()(ids).logits, teacher(ids).logits)
+    with pytest.raises(ValueError, match="exceeds the teacher's 32"):
+        student_from_teacher(teacher, StudentConfig(num_layers=3, intermediate_size=64))
+
+
 def test_scratch_student_has_the_requested_size():
     student, _ = student_from_teacher(
         _teacher(), StudentConfig(init="scratch", num_layers=1, hidden_size=8, num_heads=2)
