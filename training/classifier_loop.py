@@ -19,6 +19,7 @@ from training.checkpoint import TrainerState, restore_checkpoint, save_checkpoin
 from training.classifier import classifier_from_pretrained, student_from_teacher
 from training.config import DistillConfig, FinetuneConfig
 from training.hardware import fast_bf16
+from training.inference import length_sorted_batches
 from training.labeled import LABELED
 from training.loop import (
     build_engine,
@@ -268,10 +269,9 @@ def validate(
     engine.eval()
     confusion = torch.zeros(n_labels, n_labels, dtype=torch.float64)
     loss_total = torch.zeros(1, dtype=torch.float64)
-    # In length order, so that each batch pads little.
-    order = torch.argsort(rows["attention_mask"].sum(1), stable=True) if rows else torch.empty(0)
+    lengths = rows["attention_mask"].sum(1).tolist() if rows else []
     with torch.no_grad():
-        for idx in order.long().split(batch_size):
+        for idx in length_sorted_batches(lengths, batch_size):
             batch = {k: v[idx] for k, v in rows.items()}
             logits = engine(**trim_padding(batch)).logits.float()
             labels = batch["label"].long()
