@@ -203,3 +203,26 @@ def test_promotion_pins_one_deployment_of_the_running_config():
     assert app["deployments"][2]["user_config"]["version"] is None  # the input is unchanged
     with pytest.raises(LookupError, match="no deployment model-big"):
         with_pinned_version(running, "fmstack", "model-big", 1)
+
+
+def test_batch_gate_holds_requests_while_a_batch_runs():
+    import asyncio
+
+    from serving.model_server import BatchGate
+
+    async def scenario() -> list[str]:
+        gate, events = BatchGate(), []
+        await asyncio.wait_for(gate.admit(), 1)  # idle: admitted at once
+
+        async def request(name: str) -> None:
+            await gate.admit()
+            events.append(f"admitted {name}")
+
+        async with gate.running():
+            waiting = [asyncio.create_task(request(n)) for n in ("a", "b")]
+            await asyncio.sleep(0.05)
+            events.append("batch done")
+        await asyncio.wait_for(asyncio.gather(*waiting), 1)
+        return events
+
+    assert asyncio.run(scenario()) == ["batch done", "admitted a", "admitted b"]
