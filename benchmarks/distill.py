@@ -22,13 +22,11 @@ student/teacher batch-32 throughput >= 3, student/baseline accuracy > 1.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import io
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,13 @@ from benchmarks.harness import Case, CaseResult, Figures, Ratio, Report, ratio, 
 from benchmarks.pretrain import _cpu_info, _versions, torch_threads
 from cluster import handover
 from cluster.evaluate import LATENCY_BATCHES, HeldOutSplit, held_out_split
-from training.inference import LoadedModel, evaluate_classifier, load_model, measure_latency
+from training.inference import (
+    LoadedModel,
+    evaluate_classifier,
+    load_model,
+    measure_latency,
+    quantize_int8,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GROUP = "classifiers"
@@ -95,19 +99,11 @@ def weights_mib(model: torch.nn.Module) -> float:
 
 
 def int8_copy(student: LoadedModel) -> tuple[LoadedModel | None, str | None]:
-    """The student with `quantize_dynamic` on its Linear layers, or why that is unavailable."""
-    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
-    if not engines:
-        return None, f"torch {torch.__version__} has no quantized engine"
+    """The student with dynamic int8 on its Linear layers, or why that is unavailable."""
     try:
-        with warnings.catch_warnings():  # torch.ao.quantization warns that it is deprecated
-            warnings.simplefilter("ignore")
-            model = torch.ao.quantization.quantize_dynamic(
-                copy.deepcopy(student.model), {torch.nn.Linear}, dtype=torch.qint8
-            )
-    except (AttributeError, NotImplementedError, RuntimeError) as err:
-        return None, f"dynamic int8 quantisation fails on torch {torch.__version__}: {err}"
-    return dataclasses.replace(student, model=model), None
+        return quantize_int8(student), None
+    except RuntimeError as err:
+        return None, str(err)
 
 
 def classifier_case(loaded: LoadedModel, split: HeldOutSplit, params: int) -> Callable[[], Figures]:

@@ -12,6 +12,8 @@ requests in flight):
 - `fmstack-full`, `fmstack-distilled`: the Serve application with dynamic batching
   (up to 32 requests, 5 ms wait);
 - `fmstack-full-nobatch`, `fmstack-distilled-nobatch`: the same with `max_batch_size: 1`;
+- `fmstack-distilled-int8`: the distilled model served with `dtype: int8` (dynamic int8
+  quantisation of its Linear layers; `make bench-distill` reports its accuracy);
 - `fmstack-cascade`: no variant named, so the classify route's cascade answers: the distilled
   model first, the full model for texts it scores below 0.9;
 - `plain-full`, `plain-distilled`: the same model behind a minimal FastAPI + transformers app
@@ -186,9 +188,10 @@ def start_plain_server(model_dir: str, threads: int) -> tuple[subprocess.Popen, 
 def serving_config(
     full: str, distilled: str, threads: int, port: int, registry: str | None = None
 ) -> dict[str, Any]:
-    def variant(model: str, batch: int) -> dict[str, Any]:
+    def variant(model: str, batch: int, dtype: str = "float32") -> dict[str, Any]:
         return {
             "model": model,
+            "dtype": dtype,
             "autoscaling": {"min_replicas": 1, "max_replicas": 1},
             "batching": {"max_batch_size": batch, "batch_wait_timeout_s": 0.005},
             "max_ongoing_requests": 64,
@@ -207,6 +210,7 @@ def serving_config(
             "full-nobatch": variant(full, 1),
             "distilled": variant(distilled, 32),
             "distilled-nobatch": variant(distilled, 1),
+            "distilled-int8": variant(distilled, 32, "int8"),
         },
         "routes": {
             "classify": {
@@ -349,7 +353,14 @@ def run_benchmark(
         cases = []
         for c in concurrency:
             group = f"concurrency {c}"
-            for variant in ("full", "full-nobatch", "distilled", "distilled-nobatch", "cascade"):
+            for variant in (
+                "full",
+                "full-nobatch",
+                "distilled",
+                "distilled-nobatch",
+                "distilled-int8",
+                "cascade",
+            ):
                 fm_bodies = (
                     bodies if variant == "cascade" else [{**b, "model": variant} for b in bodies]
                 )
@@ -417,6 +428,13 @@ def run_benchmark(
             results,
             f"fmstack-distilled / fmstack-full, QPS at c{top}",
             f"fmstack-distilled-c{top}",
+            f"fmstack-full-c{top}",
+            "qps",
+        ),
+        ratio(
+            results,
+            f"fmstack-distilled-int8 / fmstack-full, QPS at c{top}",
+            f"fmstack-distilled-int8-c{top}",
             f"fmstack-full-c{top}",
             "qps",
         ),
@@ -513,6 +531,7 @@ def target_notes(results: list, found: list, top: int) -> list[str]:
         (f"fmstack-full / plain-full, QPS at c{top}", 2.0, True),
         (f"fmstack-full / plain-full, p99 at c{top}", 1.0, False),
         (f"fmstack-distilled / fmstack-full, QPS at c{top}", 3.0, True),
+        (f"fmstack-distilled-int8 / fmstack-full, QPS at c{top}", 3.0, True),
     ]:
         stat = by_label[label].stat
         if stat is None:

@@ -88,18 +88,42 @@ def _metrics() -> metrics.IngressMetrics:
     return metrics.IngressMetrics()  # one per ingress replica process
 
 
-@api.middleware("http")
-async def _record(request: Request, call_next: Any) -> Any:
-    """Count every /v1 request by route, variant and status, and time it (to the first byte
-    for a stream)."""
-    start = time.perf_counter()
-    response = await call_next(request)
-    endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1]
-    if "/v1/" in request.url.path:
+class _RecordRequests:
+    """ASGI middleware: counts every /v1 request by route, variant and status, and times it to
+    the start of the response (the first byte of a stream). Plain ASGI rather than Starlette's
+    `BaseHTTPMiddleware`, which runs each request in an extra task and copies its body."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or "/v1/" not in path:
+            await self.app(scope, receive, send)
+            return
+        endpoint = path.rstrip("/").rsplit("/", 1)[-1]
         route = endpoint if endpoint in _ENDPOINTS else "other"
-        variant = response.headers.get(VARIANT_HEADER, "none")
-        _metrics().record(route, variant, response.status_code, time.perf_counter() - start)
-    return response
+        start = time.perf_counter()
+        recorded = False
+
+        async def record_start(message: dict) -> None:
+            nonlocal recorded
+            if message["type"] == "http.response.start" and not recorded:
+                recorded = True
+                headers = dict(message.get("headers") or [])
+                variant = headers.get(VARIANT_HEADER.encode(), b"none").decode()
+                _metrics().record(route, variant, message["status"], time.perf_counter() - start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_start)
+        except Exception:
+            if not recorded:  # the server error handler outside answers 500
+                _metrics().record(route, "none", 500, time.perf_counter() - start)
+            raise
+
+
+api.add_middleware(_RecordRequests)
 
 
 @api.exception_handler(ApiError)

@@ -82,8 +82,10 @@ class VariantConfig(_Config):
     """GPUs per replica."""
     threads: int = Field(default=1, ge=1)
     """torch intra-op threads per replica."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weights and activations; bfloat16 is faster on CPUs with AMX and on GPUs."""
+    dtype: Literal["float32", "bfloat16", "int8"] = "float32"
+    """Weights and activations; bfloat16 is faster on CPUs with AMX and on GPUs; int8 quantises
+    the Linear layers dynamically (CPU only), e.g. for a distilled student: `fmstack eval` and
+    `make bench-distill` measure its accuracy next to float32."""
     max_length: int = Field(default=128, ge=8)
     """Tokens per text; longer texts are truncated (classify, embed)."""
     watch_interval_s: float = Field(default=5.0, ge=0)

@@ -22,7 +22,7 @@ from ray import serve
 
 from serving import metrics
 from serving.inference import Generation, classify_texts, embed_texts
-from training import LoadedModel, load_model
+from training import LoadedModel, load_model, quantize_int8
 
 logger = logging.getLogger("ray.serve")
 
@@ -51,12 +51,14 @@ def load_served(ref: str, registry: str | None, version: int | None, dtype: str)
         parsed = parse_ref(ref)
         reg = Registry(registry or default_root())
         target = reg.get(ModelRef(parsed.name, version=version) if version else parsed)
-        path = reg.resolve(target.ref)
-        loaded = load_model(path, dtype=torch_dtype)
-        name = f"{target.name}/{target.version}"
-        return Served(loaded, ref, name, target.version, time.time())
-    loaded = load_model(ref, dtype=torch_dtype)
-    return Served(loaded, ref, loaded.path.name, None, time.time())
+        loaded = load_model(reg.resolve(target.ref), dtype=torch_dtype)
+        name, registry_version = f"{target.name}/{target.version}", target.version
+    else:
+        loaded = load_model(ref, dtype=torch_dtype)
+        name, registry_version = loaded.path.name, None
+    if dtype == "int8":
+        loaded = quantize_int8(loaded)
+    return Served(loaded, ref, name, registry_version, time.time())
 
 
 def alias_target(ref: str, registry: str | None) -> int | None:

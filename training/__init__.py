@@ -16,7 +16,13 @@ from training.config import (
     recipe_from_text,
 )
 from training.finetune import FinetuneResult, run_finetune
-from training.inference import LoadedModel, classify, load_model, resolve_model_dir
+from training.inference import (
+    LoadedModel,
+    classify,
+    load_model,
+    quantize_int8,
+    resolve_model_dir,
+)
 from training.pretrain import PretrainResult, preflight, run_pretraining
 
 __all__ = [
@@ -35,6 +41,7 @@ __all__ = [
     "load_recipe",
     "parse_recipe",
     "preflight",
+    "quantize_int8",
     "read_manifest",
     "read_recipe",
     "recipe_from_text",

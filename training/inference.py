@@ -103,6 +103,29 @@ def load_model(
     return LoadedModel(model, tokenizer, task, list(labels or []), manifest, path)
 
 
+def quantize_int8(loaded: LoadedModel) -> LoadedModel:
+    """A copy whose `nn.Linear` layers run in int8 with dynamic activation quantisation (CPU):
+    smaller and faster, at a small cost in accuracy. Raises RuntimeError where this torch build
+    cannot."""
+    import copy
+    import warnings
+
+    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    if not engines:
+        raise RuntimeError(f"torch {torch.__version__} has no quantized engine for int8")
+    try:
+        with warnings.catch_warnings():  # torch.ao.quantization warns that it is deprecated
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(loaded.model), {torch.nn.Linear}, dtype=torch.qint8
+            )
+    except (AttributeError, NotImplementedError, RuntimeError) as err:
+        raise RuntimeError(
+            f"dynamic int8 quantisation fails on torch {torch.__version__}: {err}"
+        ) from err
+    return dataclasses.replace(loaded, model=model)
+
+
 # ---------------------------------------------------------------- classification
 
 

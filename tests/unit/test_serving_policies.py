@@ -226,3 +226,22 @@ def test_batch_gate_holds_requests_while_a_batch_runs():
         return events
 
     assert asyncio.run(scenario()) == ["batch done", "admitted a", "admitted b"]
+
+
+def test_int8_variant_quantizes_linear_layers_and_keeps_the_answers(tmp_path):
+    import torch
+
+    from tests.conftest import export_tiny_classifier
+    from serving.inference import classify_texts
+    from serving.model_server import load_served
+
+    path = str(export_tiny_classifier(tmp_path / "tiny", seed=0))
+    texts = ["a gripping film", "dull and far too long", "fine"]
+    full = load_served(path, None, None, "float32")
+    int8 = load_served(path, None, None, "int8")
+    quantized = [m for m in int8.loaded.model.modules() if "quantized" in type(m).__module__]
+    assert quantized and not any(isinstance(m, torch.nn.Linear) for m in int8.loaded.model.modules())
+    for a, b in zip(
+        classify_texts(full.loaded, texts, 64), classify_texts(int8.loaded, texts, 64), strict=True
+    ):
+        assert abs(a["probabilities"]["fresh"] - b["probabilities"]["fresh"]) < 0.05
