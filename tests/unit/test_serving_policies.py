@@ -231,16 +231,17 @@ def test_batch_gate_holds_requests_while_a_batch_runs():
 def test_int8_variant_quantizes_linear_layers_and_keeps_the_answers(tmp_path):
     import torch
 
-    from tests.conftest import export_tiny_classifier
     from serving.inference import classify_texts
     from serving.model_server import load_served
+    from tests.conftest import export_tiny_classifier
 
     path = str(export_tiny_classifier(tmp_path / "tiny", seed=0))
     texts = ["a gripping film", "dull and far too long", "fine"]
     full = load_served(path, None, None, "float32")
     int8 = load_served(path, None, None, "int8")
-    quantized = [m for m in int8.loaded.model.modules() if "quantized" in type(m).__module__]
-    assert quantized and not any(isinstance(m, torch.nn.Linear) for m in int8.loaded.model.modules())
+    modules = list(int8.loaded.model.modules())
+    assert any("quantized" in type(m).__module__ for m in modules)
+    assert not any(isinstance(m, torch.nn.Linear) for m in modules)
     for a, b in zip(
         classify_texts(full.loaded, texts, 64), classify_texts(int8.loaded, texts, 64), strict=True
     ):
