@@ -84,8 +84,8 @@ class VariantConfig(_Config):
     """torch intra-op threads per replica."""
     dtype: Literal["float32", "bfloat16", "int8"] = "float32"
     """Weights and activations; bfloat16 is faster on CPUs with AMX and on GPUs; int8 quantises
-    the Linear layers dynamically (CPU only), e.g. for a distilled student: `fmstack eval` and
-    `make bench-distill` measure its accuracy next to float32."""
+    the Linear layers dynamically (CPU only), e.g. for a distilled student: `make bench-distill`
+    measures its accuracy next to float32."""
     max_length: int = Field(default=128, ge=8)
     """Tokens per text; longer texts are truncated (classify, embed)."""
     watch_interval_s: float = Field(default=5.0, ge=0)
