@@ -246,3 +246,48 @@ def test_int8_variant_quantizes_linear_layers_and_keeps_the_answers(tmp_path):
         classify_texts(full.loaded, texts, 64), classify_texts(int8.loaded, texts, 64), strict=True
     ):
         assert abs(a["probabilities"]["fresh"] - b["probabilities"]["fresh"]) < 0.05
+
+
+def test_model_server_batches_requests_that_arrive_during_a_forward_pass(tmp_path, monkeypatch):
+    """Requests arriving one by one while a slow forward pass runs form one batch after it,
+    not a queue of batches of one (Serve's batcher alone forms them while a batch runs)."""
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    from serving import model_server
+    from tests.conftest import export_tiny_classifier
+
+    path = str(export_tiny_classifier(tmp_path / "tiny", seed=0))
+    real = model_server.classify_texts
+
+    def slow_classify(*args, **kwargs):
+        time.sleep(0.1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model_server, "classify_texts", slow_classify)
+    # Outside a replica, Serve's batcher still asks for its deployment's config.
+    replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: replica)
+
+    async def scenario() -> dict:
+        server = model_server.ModelServer("full", None)
+        await server.reconfigure(
+            {"model": path, "threads": 1, "max_batch_size": 32, "batch_wait_timeout_s": 0.005}
+        )
+
+        async def request(delay: float) -> dict:
+            await asyncio.sleep(delay)
+            return await server.classify(["a gripping film"])
+
+        answers = await asyncio.gather(*(request(0.01 * i) for i in range(24)))
+        assert all(a["result"][0]["label"] == answers[0]["result"][0]["label"] for a in answers)
+        return server.info()
+
+    info = asyncio.run(scenario())
+    assert info["batched_requests"] == 24
+    # 24 arrivals over 0.24 s against 0.1 s passes: about 4 batches with the gate, about 15
+    # without it.
+    assert info["batches"] <= 8, info
