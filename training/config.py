@@ -157,6 +157,10 @@ class DeepSpeedConfig(_Config):
     """Keep optimizer state in CPU memory (ZeRO-Offload; stages 1-3)."""
     offload_params: bool = False
     """Keep parameters in CPU memory (ZeRO-Infinity; stage 3 only)."""
+    zero_init: bool = True
+    """Stage 3: build a pretraining model already partitioned (`deepspeed.zero.Init`), so that
+    no rank ever holds all of it. Its initial weights differ from a model built whole under the
+    same seed; false builds it whole, then partitions it."""
 
     @model_validator(mode="after")
     def _offload_needs_stage(self) -> DeepSpeedConfig:

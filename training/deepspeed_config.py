@@ -30,6 +30,11 @@ def deepspeed_config(cfg: JobConfig, precision: str, hidden: int) -> dict[str, A
         zero |= {
             "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
             "stage3_param_persistence_threshold": 10 * hidden,
+            # Gathered parameters are released once used instead of kept for reuse, so a rank
+            # holds about one bucket of whole parameters beyond its partition (DeepSpeed's
+            # default, 1e9, keeps any model of under a billion parameters whole).
+            "stage3_max_live_parameters": bucket,
+            "stage3_max_reuse_distance": bucket,
         }
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.scaling.use_gpu}

@@ -34,7 +34,13 @@ from training.data import configure_ray_data
 from training.deepspeed_config import deepspeed_config
 from training.hardware import fast_bf16
 from training.metrics import PeakMemory, StepWindow, TrainingMetrics
-from training.models import build_model, count_parameters, flops_per_token, model_config
+from training.models import (
+    build_model,
+    build_partitioned_model,
+    count_parameters,
+    flops_per_token,
+    model_config,
+)
 from training.objectives import (
     IGNORE_INDEX,
     causal_lm_inputs,
@@ -62,13 +68,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tokenizer = load_tokenizer(local_copy(loop_config["tokenizer_uri"]))
     torch.manual_seed(cfg.train.seed)
     hf_config = model_config(cfg.model, tokenizer, cfg.data.seq_len)
-    model = build_model(hf_config)
+    precision = cfg.resolved_precision(fast_bf16(cfg.scaling.use_gpu))
+    memory = PeakMemory(cfg.scaling.use_gpu)  # from here on: building the model, then training
+    if cfg.deepspeed.zero_stage == 3 and cfg.deepspeed.zero_init:
+        ds_config = deepspeed_config(cfg, precision, hf_config.hidden_size)
+        model = build_partitioned_model(hf_config, ds_config)
+    else:
+        model = build_model(hf_config)
     n_params = count_parameters(model)
     flops_tok = flops_per_token(hf_config, n_params, cfg.data.seq_len)
-    precision = cfg.resolved_precision(fast_bf16(cfg.scaling.use_gpu))
     engine = build_engine(model, cfg, precision, cfg.train.max_steps, hf_config.hidden_size)
     state = restore_checkpoint(engine)
-    memory = PeakMemory(cfg.scaling.use_gpu)  # from here on: training memory, after partitioning
     teacher = load_teacher(loop_config.get("teacher_dir"))
     make_inputs = build_objective(cfg, tokenizer, rank)
     train_shard = ray.train.get_dataset_shard("train")
@@ -196,8 +206,9 @@ def build_engine(
 
     opt = cfg.optimizer
     trainable = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
+    # A ZeRO-3 partition is flat; `ds_shape` is the parameter's real shape.
+    decay = [p for p in trainable if len(getattr(p, "ds_shape", p.shape)) >= 2]
+    no_decay = [p for p in trainable if len(getattr(p, "ds_shape", p.shape)) < 2]
     groups = [
         {"params": decay, "weight_decay": opt.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -36,8 +36,8 @@ class StepWindow:
 
 class PeakMemory:
     """Peak memory of this worker since construction: accelerator memory on GPUs, resident set
-    size on CPUs (Linux's VmHWM, reset at construction so that building the model, before
-    DeepSpeed partitions it, does not count)."""
+    size on CPUs (Linux's VmHWM, reset at construction so that what the process did before,
+    such as reading data, does not count)."""
 
     def __init__(self, use_gpu: bool) -> None:
         self._use_gpu = use_gpu

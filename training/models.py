@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformers import (
     BertConfig,
     BertForMaskedLM,
@@ -69,15 +71,41 @@ def model_config(
 
 def build_model(config: PretrainedConfig) -> PreTrainedModel:
     """A freshly initialised model for a config from `model_config`."""
-    cls = {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "bert": BertForMaskedLM}[
+    return _model_class(config)(config)
+
+
+def build_partitioned_model(config: PretrainedConfig, ds_config: dict[str, Any]) -> PreTrainedModel:
+    """A freshly initialised model built under `deepspeed.zero.Init`: each rank allocates only
+    its ZeRO-3 partition of every parameter, never the whole model. Collective: every rank calls
+    it. Transformers initialises each module's weights on rank 0 (gathered for the moment) and
+    shares them, so the weights differ from `build_model`'s under the same seed."""
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    if ds_config["zero_optimization"]["stage"] != 3:
+        raise ValueError("build_partitioned_model needs a ZeRO stage 3 DeepSpeed config")
+    # zero.Init reads the world size from DeepSpeed's communication layer, which otherwise
+    # starts only with the engine; it wraps the process group Ray Train already set up.
+    deepspeed.init_distributed()
+    # Transformers consults this object (through a weak reference) only while it lives: models
+    # built afterwards, such as the whole model that rank 0 exports, are built whole again.
+    zero3 = HfDeepSpeedConfig(ds_config)
+    try:
+        return _model_class(config)._from_config(config)
+    finally:
+        del zero3
+
+
+def _model_class(config: PretrainedConfig) -> type[PreTrainedModel]:
+    return {"gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM, "bert": BertForMaskedLM}[
         config.model_type
     ]
-    return cls(config)
 
 
 def count_parameters(model: PreTrainedModel) -> int:
-    """Unique parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Unique parameters (tied embeddings counted once; ZeRO-3 partitions counted whole)."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(getattr(p, "ds_numel", p.numel()) for p in unique)
 
 
 def flops_per_token(config: PretrainedConfig, n_params: int, seq_len: int) -> float:

@@ -82,6 +82,10 @@ def test_deepspeed_config_is_derived(recipe_factory):
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
+    # Whole parameters gathered for compute are released after use, not kept for reuse.
+    bucket = ds["zero_optimization"]["reduce_bucket_size"]
+    assert ds["zero_optimization"]["stage3_max_live_parameters"] == bucket
+    assert ds["zero_optimization"]["stage3_max_reuse_distance"] == bucket
     assert ds["bf16"] == {"enabled": False}
 
 
