@@ -206,9 +206,12 @@ def build_engine(
 
     opt = cfg.optimizer
     trainable = [p for p in model.parameters() if p.requires_grad]
-    # A ZeRO-3 partition is flat; `ds_shape` is the parameter's real shape.
-    decay = [p for p in trainable if len(getattr(p, "ds_shape", p.shape)) >= 2]
-    no_decay = [p for p in trainable if len(getattr(p, "ds_shape", p.shape)) < 2]
+
+    def is_matrix(p: torch.nn.Parameter) -> bool:
+        return len(getattr(p, "ds_shape", p.shape)) >= 2  # a ZeRO-3 partition is flat
+
+    decay = [p for p in trainable if is_matrix(p)]
+    no_decay = [p for p in trainable if not is_matrix(p)]
     groups = [
         {"params": decay, "weight_decay": opt.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
