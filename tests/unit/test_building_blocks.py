@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +143,38 @@ def test_pretrained_tokenizer_is_reused_from_a_directory(tmp_path):
     tok = build_tokenizer(TokenizerConfig(kind="pretrained", path=str(tmp_path)), texts=[])
     assert tok.mask_token == "[MASK]"
     assert len(tok) <= 300
+
+
+_PARTITIONED_BUILD = """
+import os, torch, torch.distributed as dist, deepspeed
+from transformers import LlamaConfig
+from training.models import build_model, build_partitioned_model, count_parameters
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank=0, world_size=1)
+config = LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=32, tie_word_embeddings=True)
+ds = {{"train_batch_size": 1, "train_micro_batch_size_per_gpu": 1,
+       "zero_optimization": {{"stage": 3}}, "bf16": {{"enabled": False}}}}
+model = build_partitioned_model(config, ds)
+assert all(p.numel() == 0 and hasattr(p, "ds_shape") for p in model.parameters())
+assert count_parameters(model) == count_parameters(build_model(config))
+with deepspeed.zero.GatheredParameters(list(model.parameters())):
+    std = float(model.model.embed_tokens.weight.std())
+assert abs(std - config.initializer_range) < 0.005, std  # transformers' init, not torch's
+from transformers.integrations import is_deepspeed_zero3_enabled
+assert not is_deepspeed_zero3_enabled()  # later models are built whole again
+print("ok")
+"""
+
+
+def test_partitioned_build_allocates_no_whole_parameter_and_initialises_like_transformers():
+    import subprocess
+    import sys
+
+    from tests.conftest import free_port
+
+    script = _PARTITIONED_BUILD.format(port=free_port())
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
