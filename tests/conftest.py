@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,9 +247,10 @@ scrape_configs:
 """
 
 
-@pytest.fixture
-def prometheus(tmp_path: Path):
-    """Start `prometheus` on loopback scraping the given targets; yields a start function."""
+@contextlib.contextmanager
+def prometheus_servers(directory: Path) -> Iterator[Callable[[list[str]], str]]:
+    """Yields a function that starts `prometheus` on loopback scraping the given targets and
+    returns its URL; every server started is stopped on exit. Skips when it is not installed."""
     import shutil
     import subprocess
     import time
@@ -259,19 +262,21 @@ def prometheus(tmp_path: Path):
     processes: list[subprocess.Popen] = []
 
     def start(targets: list[str]) -> str:
-        config = tmp_path / "prometheus.yml"
+        run_dir = directory / f"prometheus-{len(processes)}"
+        run_dir.mkdir(parents=True)
+        config = run_dir / "prometheus.yml"
         config.write_text(PROMETHEUS_CONFIG.format(targets=targets))
         port = free_port()
-        log = (tmp_path / "prometheus.log").open("w")
+        log_path = run_dir / "prometheus.log"
         processes.append(
             subprocess.Popen(
                 [
                     binary,
                     f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--storage.tsdb.path={run_dir / 'tsdb'}",
                     f"--web.listen-address=127.0.0.1:{port}",
                 ],
-                stdout=log,
+                stdout=log_path.open("w"),
                 stderr=subprocess.STDOUT,
             )
         )
@@ -283,14 +288,21 @@ def prometheus(tmp_path: Path):
                     return base
             except OSError:
                 time.sleep(0.3)
-        raise RuntimeError(
-            f"prometheus did not become ready: {(tmp_path / 'prometheus.log').read_text()}"
-        )
+        raise RuntimeError(f"prometheus did not become ready: {log_path.read_text()}")
 
-    yield start
-    for process in processes:
-        process.terminate()
-        process.wait(10)
+    try:
+        yield start
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path):
+    """Start `prometheus` on loopback scraping the given targets; yields a start function."""
+    with prometheus_servers(tmp_path) as start:
+        yield start
 
 
 # ---------------------------------------------------------------- Kubernetes manifests, offline

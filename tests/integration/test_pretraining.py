@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import shutil
+import time
+import urllib.parse
+import urllib.request
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,6 +17,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
+from tests.conftest import prometheus_servers, tiny_recipe
 from training import parse_recipe, read_manifest, run_pretraining, verify_files
 from training.models import build_model
 
@@ -23,12 +31,30 @@ def _consolidated_from_checkpoint(checkpoint_dir: str) -> dict[str, torch.Tensor
     return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag="deepspeed")
 
 
-def test_causal_pretraining_learns_resumes_by_run_name_and_exports(ray_cluster, recipe_factory):
-    first = run_pretraining(parse_recipe(recipe_factory(train={"max_steps": 6})))
-    assert first.metrics["step"] == 6
+@pytest.fixture(scope="module")
+def causal_runs(ray_cluster, tmp_path_factory) -> SimpleNamespace:
+    """The tiny causal LM trained to step 6, then resubmitted under the same run name to step
+    12, while a real Prometheus (where installed) scrapes Ray's metrics agent throughout."""
+    import ray
+
+    tmp = tmp_path_factory.mktemp("causal")
+    node = next(n for n in ray.nodes() if n["Alive"])
+    with contextlib.ExitStack() as stack:
+        prometheus = None
+        if shutil.which("prometheus"):
+            start = stack.enter_context(prometheus_servers(tmp))
+            prometheus = start([f"127.0.0.1:{node['MetricsExportPort']}"])
+        started = time.monotonic()
+        first = run_pretraining(parse_recipe(tiny_recipe(tmp, train={"max_steps": 6})))
+        second = run_pretraining(parse_recipe(tiny_recipe(tmp, train={"max_steps": 12})))
+        yield SimpleNamespace(first=first, second=second, prometheus=prometheus, started=started)
+
+
+def test_causal_pretraining_learns_resumes_by_run_name_and_exports(causal_runs):
+    assert causal_runs.first.metrics["step"] == 6
 
     # Resubmitting under the same run name continues from the latest checkpoint.
-    result = run_pretraining(parse_recipe(recipe_factory(train={"max_steps": 12})))
+    result = causal_runs.second
     m = result.metrics
     assert m["resumed_from_step"] == 6
     assert m["step"] == 12
@@ -126,3 +152,36 @@ def test_worker_failure_resumes_from_latest_checkpoint(ray_cluster, recipe_facto
     model = AutoModelForCausalLM.from_pretrained(result.model_dir)
     parameters = sum(p.numel() for p in model.parameters())
     assert read_manifest(result.model_dir)["parameters"] == parameters
+
+
+def _query(base: str, expr: str) -> list[dict]:
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.load(r)["data"]["result"]
+
+
+def test_training_step_and_loss_reach_a_real_prometheus(causal_runs):
+    base = causal_runs.prometheus
+    if base is None:
+        pytest.skip("prometheus is not installed (make setup installs Debian's package)")
+
+    # Ray drops a worker's series once it exits, so ask for the largest value Prometheus
+    # scraped (every second) over a range covering both runs and the wait below.
+    def window() -> str:
+        return f"{int(time.monotonic() - causal_runs.started) + 120}s"
+
+    def steps() -> list[tuple[dict, float]]:
+        series = f'fmstack_train_step{{run="tiny"}}[{window()}]'
+        expr = f"max by (run, objective) (max_over_time({series}))"
+        return [(s["metric"], float(s["value"][1])) for s in _query(base, expr)]
+
+    deadline = time.monotonic() + 60
+    while steps() != [({"run": "tiny", "objective": "causal_lm"}, 12)]:
+        assert time.monotonic() < deadline, steps()
+        time.sleep(1)
+
+    losses = _query(base, f'fmstack_train_loss{{run="tiny"}}[{window()}]')
+    samples = [float(v) for series in losses for _, v in series["values"]]
+    assert samples, "no fmstack_train_loss samples for run 'tiny'"
+    assert all(math.isfinite(v) and v > 0 for v in samples), samples
+    assert {s["metric"]["objective"] for s in losses} == {"causal_lm"}
