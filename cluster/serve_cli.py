@@ -336,12 +336,14 @@ def _start_local_ray(num_cpus: int | None) -> str:
     import re
 
     from serving import LOCAL_SERVE_ENV
+    from training.pretrain import venv_first
 
     cmd = [_ray_bin(), "start", "--head", "--dashboard-host", "127.0.0.1", "--disable-usage-stats"]
     if num_cpus:
         cmd += ["--num-cpus", str(num_cpus)]
     with console.status("starting a local Ray cluster (ray start --head) ..."):
         env = {**LOCAL_SERVE_ENV, **os.environ}  # the caller's settings win
+        env["PATH"] = venv_first(env.get("PATH", ""))  # for jobs submitted to it later
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if done.returncode != 0:
             _fail(f"ray start failed:\n{done.stderr or done.stdout}")

@@ -13,6 +13,9 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # 1. Virtualenv, torch first (a CPU build here; install your CUDA build first on GPU hosts),
 #    then the project with ranges that the installed torch satisfies.
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
+# The venv's tools first, as fmstack's Ray workers have them: DeepSpeed's op prebuilt below is
+# rebuilt by whichever ninja differs from the one that built it.
+export PATH="$(cd "$VENV" && pwd)/bin:$PATH"
 if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
   say "installing torch==$TORCH_VERSION"
   "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"

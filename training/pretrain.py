@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -74,6 +75,15 @@ def local_ray_env(num_cpus: int) -> dict[str, str]:
     }
 
 
+def venv_first(path: str) -> str:
+    """`path` (a PATH value) with this Python environment's bin directory first. DeepSpeed builds
+    its CPU ops with the first `ninja` on PATH and rebuilds them (a minute on 2 cores) whenever
+    another ninja version built them last; `make setup` builds them with this environment's."""
+    bin_dir = str(Path(sys.executable).parent)
+    rest = [p for p in path.split(os.pathsep) if p and p != bin_dir]
+    return os.pathsep.join([bin_dir, *rest])
+
+
 def start_local_ray(num_cpus: int, env: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
     """A new embedded Ray cluster on this machine (even when `ray start` runs one), tuned for
     fmstack's jobs by `local_ray_env` and given `env` (settings already in the environment win);
@@ -82,6 +92,7 @@ def start_local_ray(num_cpus: int, env: Mapping[str, str] | None = None, **kwarg
 
     for name, value in {**local_ray_env(num_cpus), **(env or {})}.items():
         os.environ.setdefault(name, value)
+    os.environ["PATH"] = venv_first(os.environ.get("PATH", ""))  # the workers inherit it
     return ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 

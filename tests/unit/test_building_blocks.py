@@ -178,3 +178,15 @@ def test_partitioned_build_allocates_no_whole_parameter_and_initialises_like_tra
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
     )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_local_ray_workers_find_this_environments_tools_first():
+    import sys
+    from pathlib import Path
+
+    from training.pretrain import venv_first
+
+    here = str(Path(sys.executable).parent)
+    path = os.pathsep.join(["/usr/local/bin", here, "/usr/bin", ""])
+    assert venv_first(path).split(os.pathsep) == [here, "/usr/local/bin", "/usr/bin"]
+    assert venv_first(venv_first(path)) == venv_first(path)
