@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job at demo size, each step on an embedded local Ray (about 12 minutes on 2 cores):
+# The main job at demo size, each step on an embedded local Ray (about 10 minutes on 2 cores):
 #   1. pretrain a 12M-parameter GPT-2 from scratch
 #   2. fine-tune MiniLM for sentiment, register it (sentiment@candidate if accuracy >= 0.70)
 #   3. distill it into a 2-layer student, register that too
@@ -23,6 +23,7 @@ fmstack pretrain --config configs/pretrain/gpt2-demo.yaml \
 step "2/5 fine-tune: MiniLM (22.7M params) on a 2,000-review sample of Rotten Tomatoes"
 fmstack finetune --config configs/finetune/minilm-rotten-tomatoes.yaml \
   --set checkpoint.run_name="$run-teacher" --set data.max_examples=2000 --set train.epochs=1 \
+  --set optimizer.lr=1e-4 --set optimizer.warmup_steps=5 \
   --set train.eval_every=22 --set registry.name=demo-sentiment \
   --set 'registry.require=["accuracy>=0.70"]'
 

@@ -377,6 +377,12 @@ class PretrainConfig(JobConfig):
             )
         if self.tokenizer_config.kind == "wordpiece" and causal:
             raise ValueError("tokenizer.kind 'wordpiece' is for masked_lm; use 'bpe' for causal_lm")
+        if self.optimizer.warmup_steps >= self.train.max_steps:
+            raise ValueError(
+                f"optimizer.warmup_steps {self.optimizer.warmup_steps} is not below "
+                f"train.max_steps {self.train.max_steps}, so the learning rate would never reach "
+                "optimizer.lr; lower warmup_steps"
+            )
         if self.distillation is not None:
             if not causal:
                 raise ValueError(

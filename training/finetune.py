@@ -56,6 +56,23 @@ def precomputed_teacher(cfg: ClassifierJob) -> bool:
     )
 
 
+def classifier_steps(cfg: ClassifierJob, train_examples: int) -> tuple[int, int]:
+    """(steps per epoch, optimizer steps of the run) for `train_examples`; refuses a warm-up
+    that the run never finishes."""
+    steps_per_epoch = max(1, train_examples // cfg.train.global_batch_size)
+    max_steps = math.ceil(cfg.train.epochs * steps_per_epoch)
+    if cfg.train.max_steps:
+        max_steps = min(max_steps, cfg.train.max_steps)
+    if cfg.optimizer.warmup_steps >= max_steps:
+        raise RecipeError(
+            f"optimizer.warmup_steps: {cfg.optimizer.warmup_steps} is not below the run's "
+            f"{max_steps} steps ({train_examples:,} training examples, {cfg.train.epochs:g} "
+            f"epochs of {cfg.train.global_batch_size}), so the learning rate would never reach "
+            "optimizer.lr; lower it, or train longer"
+        )
+    return steps_per_epoch, max_steps
+
+
 def preflight(cfg: ClassifierJob) -> Path:
     """Checks that need no Ray: the data source exists and the start model resolves."""
     from training.inference import resolve_model_dir
@@ -96,6 +113,7 @@ def run_finetune(
             f"{cfg.scaling.num_workers} workers' {per_worker} training examples; lower it, or "
             "scaling.num_workers"
         )
+    steps_per_epoch, max_steps = classifier_steps(cfg, len(train_frame))
     train_ds = tokenized_dataset(train_frame, tokenizer, cfg.data.max_length)
     val_ds = tokenized_dataset(splits.validation, tokenizer, cfg.data.max_length)
     if precomputed_teacher(cfg):
@@ -103,10 +121,6 @@ def run_finetune(
         train_ds = with_teacher_logits(train_ds, start_dir, cfg.train.micro_batch_size, cpus)
     train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
 
-    steps_per_epoch = max(1, len(train_frame) // cfg.train.global_batch_size)
-    max_steps = math.ceil(cfg.train.epochs * steps_per_epoch)
-    if cfg.train.max_steps:
-        max_steps = min(max_steps, cfg.train.max_steps)
     eval_every = cfg.train.eval_every or steps_per_epoch
     root = storage_root(cfg)
     run_dir = join(root, cfg.checkpoint.run_name)

@@ -67,6 +67,23 @@ def test_bf16_needs_a_zero_stage_with_master_weights(recipe_factory):
     assert "zero_stage 1, 2 or 3" in message
 
 
+def test_a_warm_up_longer_than_the_run_is_refused(recipe_factory, tmp_path):
+    message = _error(recipe_factory(optimizer={"warmup_steps": 12}))
+    assert "optimizer.warmup_steps 12 is not below train.max_steps 12" in message
+
+    # A classifier's step count follows from its data: checked once the splits are known.
+    from tests.conftest import tiny_classifier_recipe
+    from training.finetune import classifier_steps
+
+    recipe = tiny_classifier_recipe(tmp_path, "minilm", optimizer={"warmup_steps": 50})
+    cfg = FinetuneConfig.model_validate(recipe)
+    assert classifier_steps(cfg, 2_000) == (125, 250)  # 2 epochs of 16
+    with pytest.raises(RecipeError, match=r"optimizer.warmup_steps: 50 .* run's 43 steps"):
+        classifier_steps(
+            cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1})}), 700
+        )
+
+
 def test_missing_required_section_is_named(recipe_factory):
     recipe = recipe_factory()
     del recipe["checkpoint"]
