@@ -25,10 +25,13 @@ stamp="$VENV/.fmstack-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing fmstack and its dev extras"
   # uv installs the project's dependencies in seconds where pip takes minutes. The installed
-  # torch is pinned, so that no dependency can swap it for another build.
+  # torch is pinned, so that no dependency can swap it for another build. Bytecode is compiled
+  # now, as pip does: where PYTHONDONTWRITEBYTECODE is set, every process would otherwise
+  # compile every module it imports.
   "$VENV/bin/pip" install -q uv
   "$VENV/bin/python" -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' > "$tmp/torch.txt"
-  "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --constraint "$tmp/torch.txt" -e '.[dev]'
+  "$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python" \
+    --constraint "$tmp/torch.txt" -e '.[dev]'
   touch "$stamp"
 else
   say "fmstack already installed"
