@@ -293,15 +293,22 @@ def test_model_server_batches_requests_that_arrive_during_a_forward_pass(tmp_pat
     assert info["batches"] <= 8, info
 
 
-def test_a_starting_replica_under_a_broken_pin_serves_the_alias_instead(tmp_path):
+def test_a_starting_replica_under_a_broken_pin_serves_the_alias_instead(tmp_path, monkeypatch):
     """An upscale or restart after a promotion pinned a version that does not load: the new
     replica serves what the alias names, as the running ones keep their model, and says why."""
     import asyncio
     from pathlib import Path
+    from types import SimpleNamespace
+
+    from ray import serve
 
     from cluster.registry import Registry
     from serving import model_server
     from tests.conftest import export_tiny_classifier
+
+    # Outside a replica, Serve's batcher still asks for its deployment's config.
+    replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: replica)
 
     registry = Registry(tmp_path / "registry")
     good = registry.register(export_tiny_classifier(tmp_path / "good", seed=0), "sentiment")
