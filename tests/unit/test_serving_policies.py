@@ -248,14 +248,24 @@ def test_int8_variant_quantizes_linear_layers_and_keeps_the_answers(tmp_path):
         assert abs(a["probabilities"]["fresh"] - b["probabilities"]["fresh"]) < 0.05
 
 
-def test_model_server_batches_requests_that_arrive_during_a_forward_pass(tmp_path, monkeypatch):
+@pytest.fixture
+def outside_a_replica(monkeypatch):
+    """Serve's batcher asks for its deployment's config, which only a replica has: stand in."""
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: replica)
+
+
+def test_model_server_batches_requests_that_arrive_during_a_forward_pass(
+    tmp_path, monkeypatch, outside_a_replica
+):
     """Requests arriving one by one while a slow forward pass runs form one batch after it,
     not a queue of batches of one (Serve's batcher alone forms them while a batch runs)."""
     import asyncio
     import time
-    from types import SimpleNamespace
-
-    from ray import serve
 
     from serving import model_server
     from tests.conftest import export_tiny_classifier
@@ -268,9 +278,6 @@ def test_model_server_batches_requests_that_arrive_during_a_forward_pass(tmp_pat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(model_server, "classify_texts", slow_classify)
-    # Outside a replica, Serve's batcher still asks for its deployment's config.
-    replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
-    monkeypatch.setattr(serve, "get_replica_context", lambda: replica)
 
     async def scenario() -> dict:
         server = model_server.ModelServer("full", None)
@@ -293,22 +300,17 @@ def test_model_server_batches_requests_that_arrive_during_a_forward_pass(tmp_pat
     assert info["batches"] <= 8, info
 
 
-def test_a_starting_replica_under_a_broken_pin_serves_the_alias_instead(tmp_path, monkeypatch):
+def test_a_starting_replica_under_a_broken_pin_serves_the_alias_instead(
+    tmp_path, outside_a_replica
+):
     """An upscale or restart after a promotion pinned a version that does not load: the new
     replica serves what the alias names, as the running ones keep their model, and says why."""
     import asyncio
     from pathlib import Path
-    from types import SimpleNamespace
-
-    from ray import serve
 
     from cluster.registry import Registry
     from serving import model_server
     from tests.conftest import export_tiny_classifier
-
-    # Outside a replica, Serve's batcher still asks for its deployment's config.
-    replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
-    monkeypatch.setattr(serve, "get_replica_context", lambda: replica)
 
     registry = Registry(tmp_path / "registry")
     good = registry.register(export_tiny_classifier(tmp_path / "good", seed=0), "sentiment")
