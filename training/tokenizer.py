@@ -6,7 +6,8 @@ Whatever the kind, the result is saved as an ordinary Hugging Face tokenizer dir
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import (
@@ -47,25 +48,74 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, **BPE_SPECIAL)
 
 
+# For WordPiece training, a character c after a word's first one is spelled as its twin,
+# chr(_TWIN_OFFSET + ord(c)), in the private-use planes 15 and 16. Words with characters beyond
+# the first two planes (rare CJK extensions) are left out of training.
+_TWIN_OFFSET = 0xF0000
+_TWINNED = 0x20000
+_TWINS = {code: _TWIN_OFFSET + code for code in range(_TWINNED)}
+
+
 def train_wordpiece(
     texts: Iterable[str], vocab_size: int, lowercase: bool
 ) -> PreTrainedTokenizerFast:
-    """WordPiece (BERT style) with [CLS] ... [SEP] around each sequence."""
-    tok = Tokenizer(models.WordPiece(unk_token=WORDPIECE_SPECIAL["unk_token"]))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(
+    """WordPiece (BERT style) with [CLS] ... [SEP] around each sequence.
+
+    The same texts give the same vocabulary on every run. `WordPieceTrainer` does not: it numbers
+    its "##" pieces in hash-map order, and ties between equally frequent merges then go either
+    way (huggingface/tokenizers#1794). So the BPE trainer, whose alphabet is sorted, learns the
+    merges on words whose continuing characters are spelled as private-use twins, and the result
+    is read back as WordPiece: a piece starting with a twin is a "##" piece.
+    """
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=list(WORDPIECE_SPECIAL.values()), show_progress=False
     )
-    tok.train_from_iterator(texts, trainer=trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    bpe.train_from_iterator(_twinned_words(texts, normalizer, pre_tokenizer), trainer=trainer)
+    vocab = {_wordpiece_spelling(piece): i for piece, i in bpe.get_vocab().items()}
+
+    tok = Tokenizer(models.WordPiece(vocab, unk_token=WORDPIECE_SPECIAL["unk_token"]))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     return PreTrainedTokenizerFast(tokenizer_object=tok, **WORDPIECE_SPECIAL)
+
+
+def _twinned_words(
+    texts: Iterable[str],
+    normalizer: normalizers.Normalizer,
+    pre_tokenizer: pre_tokenizers.PreTokenizer,
+) -> Iterator[str]:
+    """The texts' words, continuing characters twinned, each repeated as often as it occurs.
+
+    Counted first, so that the BERT pre-tokenizer runs once per distinct whitespace-separated
+    chunk rather than once per word of the corpus.
+    """
+    chunks: Counter[str] = Counter()
+    for text in texts:
+        chunks.update(normalizer.normalize_str(text).split())
+    words: Counter[str] = Counter()
+    for chunk, count in chunks.items():
+        for word, _ in pre_tokenizer.pre_tokenize_str(chunk):
+            words[word] += count
+    for word, count in words.items():
+        if word.isascii() or max(map(ord, word)) < _TWINNED:
+            yield (word[0] + word[1:].translate(_TWINS) + " ") * count
+
+
+def _wordpiece_spelling(piece: str) -> str:
+    if piece in WORDPIECE_SPECIAL.values():
+        return piece
+    plain = "".join(chr(ord(c) - _TWIN_OFFSET) if ord(c) >= _TWIN_OFFSET else c for c in piece)
+    return "##" + plain if ord(piece[0]) >= _TWIN_OFFSET else plain
 
 
 def build_tokenizer(cfg: TokenizerConfig, texts: Iterable[str]) -> PreTrainedTokenizerBase:

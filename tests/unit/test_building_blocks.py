@@ -117,6 +117,29 @@ def test_trained_tokenizers_round_trip(tmp_path):
     )
 
 
+def test_wordpiece_training_is_deterministic_and_marks_continuing_pieces():
+    # Many equally frequent words: tie-breaking decides the vocabulary. Hugging Face's
+    # WordPieceTrainer gives a different one on most runs here (huggingface/tokenizers#1794).
+    subjects = ["the whale", "the captain", "a sailor", "the ship", "an old man"]
+    verbs = ["watched", "followed", "feared", "sought", "remembered", "crossed"]
+    texts = [f"{s} {v} the storm, at dawn" for s in subjects for v in verbs] * 3
+    vocabularies = [train_wordpiece(texts, vocab_size=120, lowercase=True).get_vocab()]
+    vocabularies += [train_wordpiece(texts, vocab_size=120, lowercase=True).get_vocab()]
+    vocabularies += [train_wordpiece(list(reversed(texts)), 120, lowercase=True).get_vocab()]
+    assert vocabularies[0] == vocabularies[1] == vocabularies[2]
+
+    wp = train_wordpiece(texts, vocab_size=120, lowercase=True)
+    vocab = wp.get_vocab()
+    assert [vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2, 3, 4]
+    assert all(not any(ord(c) >= 0xF0000 for c in token) for token in vocab)
+    pieces = wp.tokenize("The Whale watchedship")
+    assert pieces[:2] == ["the", "whale"]
+    assert pieces[2] == "watched" and all(p.startswith("##") for p in pieces[3:]), pieces
+    assert wp.decode(wp("the whale sought")["input_ids"], skip_special_tokens=True) == (
+        "the whale sought"
+    )
+
+
 @pytest.mark.parametrize(
     ("arch", "size", "low", "high"),
     [
