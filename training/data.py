@@ -138,7 +138,16 @@ def read_source(src: SourceConfig, limit: int | None) -> ray.data.Dataset:
                 f"to one of {ds.columns()}"
             )
         ds = ds.select_columns([src.text_column]).rename_columns({src.text_column: TEXT})
+    ds = ds.map_batches(_arrow_text, batch_format="pyarrow")
     return ds.limit(limit) if limit else ds
+
+
+def _arrow_text(batch: Any) -> Any:
+    """A source's rows as an Arrow table of strings. Readers differ (JSON lines come as pandas
+    blocks, Parquet as Arrow), and a union of sources must yield one kind of block."""
+    import pyarrow as pa
+
+    return pa.table({TEXT: batch.column(TEXT).cast(pa.string())})
 
 
 def configure_ray_data() -> None:

@@ -81,50 +81,39 @@ def test_causal_pretraining_learns_resumes_by_run_name_and_exports(causal_runs):
     assert generated.shape[1] == batch["input_ids"].shape[1] + 5
 
 
-def test_masked_pretraining_learns_and_exports(ray_cluster, recipe_factory, tiny_text, tmp_path):
-    jsonl = tmp_path / "corpus.jsonl"
-    jsonl.write_text("".join(json.dumps({"body": line}) + "\n" for line in tiny_text.open()))
-    recipe = recipe_factory(
-        data={"sources": [{"kind": "jsonl", "path": str(jsonl), "text_column": "body"}]},
-        objective="masked_lm",
-        model={"arch": "bert", "size": "tiny"},
-        tokenizer={"kind": "wordpiece", "vocab_size": 384},
-        train={"max_steps": 16, "eval_every": 8},
-        optimizer={"lr": 5e-3},
-        checkpoint={"run_name": "tiny-mlm", "every_steps": 8},
-    )
-    result = run_pretraining(parse_recipe(recipe))
-    m = result.metrics
-    assert m["validation_loss"] < 0.8 * m["initial_validation_loss"]
-    verify_files(result.model_dir)
-    model = AutoModelForMaskedLM.from_pretrained(result.model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
-    batch = tokenizer(["the whale [MASK] the storm"], return_tensors="pt")
-    assert batch["input_ids"][0, 0] == tokenizer.cls_token_id
-    with torch.no_grad():
-        assert model(**batch).logits.shape[-1] == len(tokenizer)
-
-
 # Summation order differs between all-reduce (ZeRO-0) and reduce-scatter (ZeRO-2/3) in fp32,
 # so per-step losses agree to float rounding, not bit for bit.
 ZERO_LOSS_TOLERANCE = 1e-4
 
 
-def test_zero_stages_give_matching_losses(ray_cluster, recipe_factory, tiny_text, tmp_path):
-    parquet = tmp_path / "corpus.parquet"
+def test_masked_lm_on_own_files_matches_across_zero_stages_and_exports(
+    ray_cluster, recipe_factory, tiny_text, tmp_path
+):
+    # The user's own files, half the rows as JSONL (a named text column), half as Parquet.
     lines = tiny_text.read_text().splitlines()
-    pq.write_table(pa.table({"text": lines}), parquet)
-    losses = {}
+    half = len(lines) // 2
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text("".join(json.dumps({"body": line}) + "\n" for line in lines[:half]))
+    parquet = tmp_path / "corpus.parquet"
+    pq.write_table(pa.table({"text": lines[half:]}), parquet)
+    sources = [
+        {"kind": "jsonl", "path": str(jsonl), "text_column": "body"},
+        {"kind": "parquet", "path": str(parquet)},
+    ]
+    losses, results = {}, {}
     for stage in (0, 2, 3):
         recipe = recipe_factory(
-            data={"sources": [{"kind": "parquet", "path": str(parquet)}]},
+            data={"sources": sources},
+            objective="masked_lm",
+            model={"arch": "bert", "size": "tiny"},
+            tokenizer={"kind": "wordpiece", "vocab_size": 384},
             # Built whole at every stage: a partitioned build draws the same seed's weights in
             # another order.
             deepspeed={"zero_stage": stage, "zero_init": False},
             train={"max_steps": 4, "log_every": 2, "eval_every": 2},
-            checkpoint={"run_name": f"zero{stage}", "every_steps": 2, "num_to_keep": 5},
+            checkpoint={"run_name": f"zero{stage}", "every_steps": 2},
         )
-        result = run_pretraining(parse_recipe(recipe))
+        results[stage] = result = run_pretraining(parse_recipe(recipe))
         assert [m["step"] for m in result.history] == [2, 4]
         losses[stage] = [result.metrics["initial_validation_loss"]] + [
             m[key] for m in result.history for key in ("train_loss", "validation_loss")
@@ -133,6 +122,16 @@ def test_zero_stages_give_matching_losses(ray_cluster, recipe_factory, tiny_text
     for stage in (2, 3):
         for a, b in zip(losses[0], losses[stage], strict=True):
             assert a == pytest.approx(b, abs=ZERO_LOSS_TOLERANCE), (stage, losses)
+
+    # ZeRO-3's export is whole: a plain masked LM with its WordPiece tokenizer.
+    model_dir = results[3].model_dir
+    verify_files(model_dir)
+    model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = tokenizer(["the whale [MASK] the storm"], return_tensors="pt")
+    assert batch["input_ids"][0, 0] == tokenizer.cls_token_id
+    with torch.no_grad():
+        assert model(**batch).logits.shape[-1] == len(tokenizer)
 
 
 def test_worker_failure_resumes_from_latest_checkpoint(ray_cluster, recipe_factory):
