@@ -6,6 +6,7 @@ Whatever the kind, the result is saved as an ordinary Hugging Face tokenizer dir
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -53,7 +54,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
 # the first two planes (rare CJK extensions) are left out of training.
 _TWIN_OFFSET = 0xF0000
 _TWINNED = 0x20000
-_TWINS = {code: _TWIN_OFFSET + code for code in range(_TWINNED)}
+
+
+@functools.cache
+def _twins() -> dict[int, int]:
+    """The str.translate table; built on first use, not on every import of this module."""
+    return {code: _TWIN_OFFSET + code for code in range(_TWINNED)}
 
 
 def train_wordpiece(
@@ -106,9 +112,10 @@ def _twinned_words(
     for chunk, count in chunks.items():
         for word, _ in pre_tokenizer.pre_tokenize_str(chunk):
             words[word] += count
+    twins = _twins()
     for word, count in words.items():
         if word.isascii() or max(map(ord, word)) < _TWINNED:
-            yield (word[0] + word[1:].translate(_TWINS) + " ") * count
+            yield (word[0] + word[1:].translate(twins) + " ") * count
 
 
 def _wordpiece_spelling(piece: str) -> str:
