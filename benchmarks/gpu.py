@@ -12,10 +12,11 @@
    nominal peak (and over the measured matmul ceiling).
 3. Classifiers: the forward pass a Serve replica runs (tokenize, then the model in bf16) for the
    full and the distilled classifier at batch 64: texts/s and p50 batch latency. The registry's
-   trained models when present (`make demo`), else the packaged MiniLM (6 layers) and a 2-layer
-   copy of it, whose speed is the same as trained ones'.
+   trained models when present (`make demo`), else untrained models of the packaged MiniLM's
+   shape (6 layers) and of a 2-layer copy, whose speed is the same as trained ones'.
 
-Results go to `benchmarks/results/gpu-<date>.json` (and are printed).
+Results go to `benchmarks/results/gpu-<date>.json` and `.md` (and are printed); `make bench`'s
+report includes the newest of them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -33,6 +35,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.harness import fmt
 from benchmarks.pretrain import _versions, fmstack_throughput, model_facts
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -159,7 +162,7 @@ def pretraining(smoke: bool, steps: int, peak: float | None, ceiling: float) -> 
 
 def _classifiers(smoke: bool) -> dict[str, tuple[Any, Any, str]]:
     """name -> (model, tokenizer, where it came from): the registry's, else packaged MiniLM."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from cluster import handover
     from training import load_model
@@ -176,15 +179,23 @@ def _classifiers(smoke: bool) -> dict[str, tuple[Any, Any, str]]:
             out[name] = (loaded.model, loaded.tokenizer, ref)
         return out
     except Exception:  # noqa: BLE001 - no trained models: measure the same shapes untrained
+        # Speed depends on the shapes alone, so the packaged MiniLM's config and tokenizer
+        # suffice: its weights are not needed (and not loaded).
         minilm = require(PACKAGED_MODELS["minilm"], "MiniLM")
         tokenizer = AutoTokenizer.from_pretrained(minilm)
-        full = AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=2)
-        distilled = AutoModelForSequenceClassification.from_pretrained(minilm, num_labels=2)
-        distilled.bert.encoder.layer = distilled.bert.encoder.layer[:2]
-        distilled.config.num_hidden_layers = 2
+        full = AutoConfig.from_pretrained(minilm, num_labels=2)
+        distilled = AutoConfig.from_pretrained(minilm, num_labels=2, num_hidden_layers=2)
         return {
-            "full": (full, tokenizer, "packaged MiniLM, 6 layers (untrained head)"),
-            "distilled": (distilled, tokenizer, "packaged MiniLM cut to 2 layers"),
+            "full": (
+                AutoModelForSequenceClassification.from_config(full),
+                tokenizer,
+                "MiniLM's shape, 6 layers (untrained)",
+            ),
+            "distilled": (
+                AutoModelForSequenceClassification.from_config(distilled),
+                tokenizer,
+                "MiniLM's shape, 2 layers (untrained)",
+            ),
         }
 
 
@@ -246,8 +257,59 @@ def run(smoke: bool, steps: int, peak_tflops: float | None, out_dir: Path) -> Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"gpu{'-smoke' if smoke else ''}-{result['date']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path} ({result['wall_seconds']:.0f} s)", flush=True)
+    path.with_suffix(".md").write_text(
+        f"# fmstack on one GPU ({result['date']})\n\n{summary(result)}"
+    )
+    print(f"wrote {path} and its .md ({result['wall_seconds']:.0f} s)", flush=True)
     return path
+
+
+def latest_result(results_dir: Path) -> Path | None:
+    """The newest full (not smoke) result JSON of this benchmark in `results_dir`."""
+    found = sorted(results_dir.glob("gpu-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9].json"))
+    return found[-1] if found else None
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The figures of one run as a Markdown paragraph and table."""
+    pre, cls, ceiling = result["pretraining"], result["classifiers"], result["ceiling"]
+    mfu = f"{pre['mfu']:.1%}" if pre.get("mfu") is not None else "n/a (unknown peak)"
+    versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+    rows = [
+        (
+            "measured bf16 matmul, TFLOP/s (nominal dense peak)",
+            f"{fmt(ceiling['measured_matmul_tflop_per_s'])} "
+            f"({fmt(ceiling['nominal_bf16_dense_tflop_per_s'] or math.nan)})",
+        ),
+        (
+            f"pretraining tokens/s: {pre['model']['arch']}, {pre['parameters'] / 1e6:.0f}M "
+            f"parameters, ZeRO-{pre['zero_stage']}, {pre['precision']}, sequence {pre['seq_len']}, "
+            f"global batch {pre['global_batch']}",
+            fmt(pre["tokens_per_s"]),
+        ),
+        (
+            "achieved TFLOP/s; MFU (over the nominal peak); over the measured matmul",
+            f"{fmt(pre['achieved_tflop_per_s'])}; {mfu}; {pre['fraction_of_measured_matmul']:.1%}",
+        ),
+        ("peak GPU memory of the worker, MiB", fmt(pre["peak_memory_mib"])),
+    ]
+    for name in ("full", "distilled"):
+        c = cls[name]
+        rows.append(
+            (
+                f"{name} classifier ({c['source']}), texts/s at batch {c['batch']}; p50 batch ms",
+                f"{fmt(c['texts_per_s'])}; {fmt(c['p50_batch_ms'])}",
+            )
+        )
+    rows.append(("distilled / full classifier throughput", f"{cls['distilled_over_full']:.2f}"))
+    lines = [
+        f"{result['device']}, {versions}; the whole run took {result['wall_seconds']:.0f} s.",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        *(f"| {label} | {value} |" for label, value in rows),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,7 +150,7 @@ def run_suite(
     plots = write_plots(parts, out, date)
     json_path, md_path = out / f"{date}.json", out / f"{date}.md"
     json_path.write_text(json.dumps(to_json(parts, size_name, plots), indent=2, default=str) + "\n")
-    md_path.write_text(markdown(parts, size_name, date, plots))
+    md_path.write_text(markdown(parts, size_name, date, plots, out))
     return parts, json_path, md_path
 
 
@@ -188,7 +188,24 @@ def to_json(parts: list[Part], size_name: str, plots: list[str]) -> dict[str, An
     }
 
 
-def markdown(parts: list[Part], size_name: str, date: str, plots: list[str]) -> str:
+def gpu_section(results_dir: Path) -> list[str]:
+    """The newest `benchmarks/gpu.sh` result in `results_dir`, which this suite cannot run."""
+    from benchmarks import gpu
+
+    path = gpu.latest_result(results_dir)
+    if path is None:
+        return []
+    return [
+        "",
+        f"## On one GPU ({path.name}, from `benchmarks/gpu.sh`)",
+        "",
+        gpu.summary(json.loads(path.read_text())).rstrip(),
+    ]
+
+
+def markdown(
+    parts: list[Part], size_name: str, date: str, plots: list[str], results_dir: Path
+) -> str:
     out = [
         f"# fmstack performance report ({date}, size {size_name})",
         "",
@@ -211,6 +228,7 @@ def markdown(parts: list[Part], size_name: str, date: str, plots: list[str]) -> 
             continue
         body = part.report.markdown().splitlines()
         out += ["", f"## {part.name} ({part.seconds:.0f} s)", "", *body[2:]]
+    out += gpu_section(results_dir)
     return "\n".join(out) + "\n"
 
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from training.checkpoint import TrainerState, restore_checkpoint, save_checkpoint
 from training.classifier import classifier_from_pretrained, student_from_teacher
 from training.config import DistillConfig, FinetuneConfig
-from training.hardware import fast_bf16
+from training.hardware import all_reduce, fast_bf16
 from training.inference import length_sorted_batches
 from training.labeled import LABELED
 from training.loop import (
@@ -264,8 +264,6 @@ def validate(
     engine: Any, rows: dict[str, torch.Tensor], batch_size: int, n_labels: int
 ) -> dict[str, float]:
     """Loss, accuracy and macro F1 over every rank's whole validation shard."""
-    import torch.distributed as dist
-
     engine.eval()
     confusion = torch.zeros(n_labels, n_labels, dtype=torch.float64)
     loss_total = torch.zeros(1, dtype=torch.float64)
@@ -278,8 +276,8 @@ def validate(
             loss_total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             pred = logits.argmax(-1)
             confusion.index_put_((labels, pred), torch.ones_like(labels, dtype=torch.float64), True)
-    dist.all_reduce(confusion)
-    dist.all_reduce(loss_total)
+    confusion = all_reduce(confusion)
+    loss_total = all_reduce(loss_total)
     engine.train()
     return {
         "validation_loss": float(loss_total / confusion.sum().clamp(min=1)),

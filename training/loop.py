@@ -32,7 +32,7 @@ from training.checkpoint import (
 from training.config import JobConfig, PretrainConfig
 from training.data import configure_ray_data
 from training.deepspeed_config import deepspeed_config
-from training.hardware import fast_bf16
+from training.hardware import all_reduce, fast_bf16
 from training.metrics import PeakMemory, StepWindow, TrainingMetrics
 from training.models import (
     build_model,
@@ -291,8 +291,6 @@ def micro_batches(
 
 def evaluate(engine: Any, shard: Any, make_inputs: MakeInputs, cfg: PretrainConfig) -> float:
     """Token-weighted mean validation loss over every rank's first `eval_batches` batches."""
-    import torch.distributed as dist
-
     engine.eval()
     totals = torch.zeros(2, dtype=torch.float64)
     batches = shard.iter_torch_batches(
@@ -309,7 +307,7 @@ def evaluate(engine: Any, shard: Any, make_inputs: MakeInputs, cfg: PretrainConf
             totals += torch.tensor(
                 [engine(**inputs).loss.float().item() * n, n], dtype=torch.float64
             )
-    dist.all_reduce(totals)
+    totals = all_reduce(totals)
     engine.train()
     return float(totals[0] / totals[1])
 
@@ -362,10 +360,8 @@ def fail_if_rehearsing(at_step: int | None, state: TrainerState, rank: int) -> N
 
 
 def mean_across_ranks(total: float, count: int) -> float:
-    import torch.distributed as dist
 
-    t = torch.tensor([total, count], dtype=torch.float64)
-    dist.all_reduce(t)
+    t = all_reduce(torch.tensor([total, count], dtype=torch.float64))
     return float(t[0] / t[1].clamp(min=1))
 
 

@@ -68,9 +68,10 @@ class PeakMemory:
         import torch
         import torch.distributed as dist
 
+        from training.hardware import all_reduce
+
         t = torch.tensor([self.bytes()], dtype=torch.int64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t.item())
+        return int(all_reduce(t, op=dist.ReduceOp.MAX).item())
 
 
 class TrainingMetrics:

@@ -70,3 +70,20 @@ def test_a_case_pattern_that_matches_nothing_names_the_cases():
     assert select(cases, None) == cases
     with pytest.raises(ValueError, match=r"no case matches 'ZeRO-4'.*plain fp32, fmstack"):
         select(cases, ["ZeRO-4"])
+
+
+def test_the_report_includes_the_newest_gpu_run_and_not_smoke_runs(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from benchmarks.suite import run_suite
+
+    committed = sorted(Path("benchmarks/results").glob("gpu-2*.json"))[-1]
+    shutil.copy(committed, tmp_path / "gpu-2000-01-01.json")
+    shutil.copy(committed, tmp_path / committed.name)
+    (tmp_path / "gpu-smoke-2999-01-01.json").write_text("{}")  # a code check, never reported
+
+    _, _, md_path = run_suite("tiny", ("pretrain",), tmp_path, runners={"pretrain": _fake_pretrain})
+    md = md_path.read_text()
+    assert f"## On one GPU ({committed.name}, from `benchmarks/gpu.sh`)" in md
+    assert "| distilled / full classifier throughput |" in md and "MFU" in md

@@ -213,3 +213,20 @@ def test_local_ray_workers_find_this_environments_tools_first():
     path = os.pathsep.join(["/usr/local/bin", here, "/usr/bin", ""])
     assert venv_first(path).split(os.pathsep) == [here, "/usr/local/bin", "/usr/bin"]
     assert venv_first(venv_first(path)) == venv_first(path)
+
+
+def test_all_reduce_returns_the_reduced_cpu_tensor_on_gloo(tmp_path):
+    import torch.distributed as dist
+
+    from training.hardware import all_reduce
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1
+    )
+    try:
+        totals = all_reduce(torch.tensor([3.0, 4.0], dtype=torch.float64))
+        peak = all_reduce(torch.tensor([7], dtype=torch.int64), op=dist.ReduceOp.MAX)
+    finally:
+        dist.destroy_process_group()
+    assert totals.device.type == "cpu" and totals.tolist() == [3.0, 4.0]
+    assert peak.item() == 7
