@@ -53,6 +53,8 @@ def classifier_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model, teacher, teacher_layers = _build_models(cfg, loop_config, label_names)
     precision = cfg.resolved_precision(fast_bf16(cfg.scaling.use_gpu))
     engine = build_engine(model, cfg, precision, max_steps, model.config.hidden_size)
+    if teacher is not None:
+        teacher.to(engine.device)
     state = restore_checkpoint(engine)
     memory = PeakMemory(cfg.scaling.use_gpu)
     # Labeled sets are small: each rank holds its shards in memory, which lets every epoch
@@ -85,6 +87,7 @@ def classifier_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for batch in batches:
         if state.step >= max_steps:
             break
+        batch = {name: t.to(engine.device) for name, t in batch.items()}
         inputs = trim_padding(batch)
         labels = batch["label"].long()
         want_hidden = bool(distill and distill.hidden_weight > 0)
@@ -199,8 +202,9 @@ def _build_models(
 
 def shard_rows(shard: Any) -> dict[str, torch.Tensor]:
     """All rows of a rank's dataset shard as tensors, in a canonical order (sorted by token ids),
-    so that a restarted worker sees them in the same order whatever order Ray Data streams them."""
-    parts = list(shard.iter_torch_batches(batch_size=4096, dtypes=None))
+    so that a restarted worker sees them in the same order whatever order Ray Data streams them.
+    They stay in host memory (the loop moves each micro-batch to the worker's device)."""
+    parts = list(shard.iter_torch_batches(batch_size=4096, dtypes=None, device="cpu"))
     if not parts:
         return {}
     rows = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -271,7 +275,8 @@ def validate(
     with torch.no_grad():
         for idx in length_sorted_batches(lengths, batch_size):
             batch = {k: v[idx] for k, v in rows.items()}
-            logits = engine(**trim_padding(batch)).logits.float()
+            inputs = {k: v.to(engine.device) for k, v in trim_padding(batch).items()}
+            logits = engine(**inputs).logits.float().cpu()
             labels = batch["label"].long()
             loss_total += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             pred = logits.argmax(-1)

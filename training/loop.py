@@ -79,7 +79,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     flops_tok = flops_per_token(hf_config, n_params, cfg.data.seq_len)
     engine = build_engine(model, cfg, precision, cfg.train.max_steps, hf_config.hidden_size)
     state = restore_checkpoint(engine)
-    teacher = load_teacher(loop_config.get("teacher_dir"))
+    teacher = load_teacher(loop_config.get("teacher_dir"), engine.device)
     make_inputs = build_objective(cfg, tokenizer, rank)
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation")
@@ -237,14 +237,14 @@ def build_engine(
     return engine
 
 
-def load_teacher(teacher_dir: str | None) -> torch.nn.Module | None:
-    """A frozen causal-LM teacher for distillation (each worker runs its own copy)."""
+def load_teacher(teacher_dir: str | None, device: torch.device) -> torch.nn.Module | None:
+    """A frozen causal-LM teacher for distillation (each worker runs its own copy on `device`)."""
     if teacher_dir is None:
         return None
     from transformers import AutoModelForCausalLM
 
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
-    return teacher.eval().requires_grad_(False)
+    return teacher.to(device).eval().requires_grad_(False)
 
 
 def build_objective(cfg: PretrainConfig, tokenizer: Any, rank: int) -> MakeInputs:
@@ -261,14 +261,16 @@ def build_objective(cfg: PretrainConfig, tokenizer: Any, rank: int) -> MakeInput
             hashlib.blake2b(repr((cfg.train.seed, rank, key)).encode(), digest_size=8).digest(),
             "little",
         ) & (2**63 - 1)
-        return masked_lm_inputs(
-            ids,
+        # Masked on the CPU, whose seeded generator gives the same masks on every device.
+        inputs = masked_lm_inputs(
+            ids.cpu(),
             mask_id=tokenizer.mask_token_id,
             vocab_size=len(tokenizer),
             special_ids=special,
             probability=cfg.train.mlm_probability,
             generator=torch.Generator().manual_seed(seed),
         )
+        return {name: t.to(ids.device) for name, t in inputs.items()}
 
     return masked
 
