@@ -25,6 +25,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -129,11 +130,12 @@ def pretraining(smoke: bool, steps: int, peak: float | None, ceiling: float) -> 
     import ray
 
     from training.config import parse_recipe
+    from training.pretrain import start_local_ray
 
     storage = Path(tempfile.mkdtemp(prefix="fmstack-gpu-bench-"))
     owns_ray = not ray.is_initialized()
-    if owns_ray:
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+    if owns_ray:  # as `fmstack pretrain` starts its embedded Ray, on every CPU
+        start_local_ray(os.cpu_count() or 1, log_to_driver=True)
     try:
         recipe = pretrain_recipe(smoke, steps, storage)
         facts = model_facts(parse_recipe(recipe), with_blocks=False)

@@ -756,7 +756,10 @@ def run_benchmark(
     if owns_ray:
         from training.pretrain import start_local_ray
 
-        start_local_ray(WORKERS, include_dashboard=False)
+        # With the dashboard, as `fmstack` starts it: Ray Train's placement-group cleaner asks
+        # its state API whether the run's controller is alive (and logs a warning each second
+        # when there is none).
+        start_local_ray(WORKERS)
     storage = Path(tempfile.mkdtemp(prefix="fmstack-bench-"))
     started = time.time()
     try:
