@@ -243,7 +243,7 @@ def load_teacher(teacher_dir: str | None, device: torch.device) -> torch.nn.Modu
         return None
     from transformers import AutoModelForCausalLM
 
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    teacher: torch.nn.Module = AutoModelForCausalLM.from_pretrained(teacher_dir)
     return teacher.to(device).eval().requires_grad_(False)
 
 
