@@ -162,43 +162,41 @@ def pretraining(smoke: bool, steps: int, peak: float | None, ceiling: float) -> 
     }
 
 
-def _classifiers(smoke: bool) -> dict[str, tuple[Any, Any, str]]:
-    """name -> (model, tokenizer, where it came from): the registry's, else packaged MiniLM."""
+def _classifiers() -> dict[str, tuple[Any, Any, str]]:
+    """name -> (model, tokenizer, where it came from): the registry's trained classifiers (as
+    `make bench` chooses them), else untrained ones of their shape."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from benchmarks.suite import bench_models
     from cluster import handover
     from training import load_model
     from training.assets import PACKAGED_MODELS, require
 
-    refs = {
-        "full": "models:/sentiment@candidate",
-        "distilled": "models:/sentiment-student@candidate",
-    }
-    out = {}
-    try:
-        for name, ref in refs.items():
+    models, _ = bench_models()
+    if models is not None:
+        out = {}
+        for name, ref in (("full", models["teacher"]), ("distilled", models["student"])):
             loaded = load_model(handover.resolve_model(ref))  # checksums verified
             out[name] = (loaded.model, loaded.tokenizer, ref)
         return out
-    except Exception:  # noqa: BLE001 - no trained models: measure the same shapes untrained
-        # Speed depends on the shapes alone, so the packaged MiniLM's config and tokenizer
-        # suffice: its weights are not needed (and not loaded).
-        minilm = require(PACKAGED_MODELS["minilm"], "MiniLM")
-        tokenizer = AutoTokenizer.from_pretrained(minilm)
-        full = AutoConfig.from_pretrained(minilm, num_labels=2)
-        distilled = AutoConfig.from_pretrained(minilm, num_labels=2, num_hidden_layers=2)
-        return {
-            "full": (
-                AutoModelForSequenceClassification.from_config(full),
-                tokenizer,
-                "MiniLM's shape, 6 layers (untrained)",
-            ),
-            "distilled": (
-                AutoModelForSequenceClassification.from_config(distilled),
-                tokenizer,
-                "MiniLM's shape, 2 layers (untrained)",
-            ),
-        }
+    # Speed depends on the shapes alone, so the packaged MiniLM's config and tokenizer suffice:
+    # its weights are not needed (and not loaded).
+    minilm = require(PACKAGED_MODELS["minilm"], "MiniLM")
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
+    full = AutoConfig.from_pretrained(minilm, num_labels=2)
+    distilled = AutoConfig.from_pretrained(minilm, num_labels=2, num_hidden_layers=2)
+    return {
+        "full": (
+            AutoModelForSequenceClassification.from_config(full),
+            tokenizer,
+            "MiniLM's shape, 6 layers (untrained)",
+        ),
+        "distilled": (
+            AutoModelForSequenceClassification.from_config(distilled),
+            tokenizer,
+            "MiniLM's shape, 2 layers (untrained)",
+        ),
+    }
 
 
 def classifier_throughput(device: torch.device, smoke: bool) -> dict[str, Any]:
@@ -206,7 +204,7 @@ def classifier_throughput(device: torch.device, smoke: bool) -> dict[str, Any]:
     dtype = torch.float32 if smoke else torch.bfloat16
     texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
     out = {}
-    for name, (model, tokenizer, source) in _classifiers(smoke).items():
+    for name, (model, tokenizer, source) in _classifiers().items():
         model = model.to(device=device, dtype=dtype).eval()
         times = []
         with torch.inference_mode():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job at demo size, each step on an embedded local Ray (about 10 minutes on 2 cores):
 #   1. pretrain a 12M-parameter GPT-2 from scratch
-#   2. fine-tune MiniLM for sentiment, register it (sentiment@candidate if accuracy >= 0.70)
+#   2. fine-tune MiniLM for sentiment, register it (demo-sentiment@candidate if accuracy >= 0.70)
 #   3. distill it into a 2-layer student, register that too
 #   4. evaluate teacher and student side by side: report, latency, speed-up
 #   5. serve both (and SmolLM2) on Ray Serve, send real requests, leave it running

@@ -87,3 +87,22 @@ def test_the_report_includes_the_newest_gpu_run_and_not_smoke_runs(tmp_path):
     md = md_path.read_text()
     assert f"## On one GPU ({committed.name}, from `benchmarks/gpu.sh`)" in md
     assert "| distilled / full classifier throughput |" in md and "MFU" in md
+
+
+def test_without_the_full_recipes_models_the_suite_measures_the_demos(tmp_path, monkeypatch):
+    from benchmarks.suite import bench_models
+    from cluster.registry import Registry
+    from tests.conftest import export_tiny_classifier
+
+    registry = Registry(tmp_path / "registry")
+    monkeypatch.setenv("FMSTACK_REGISTRY", str(tmp_path / "registry"))
+    for name, layers in (("demo-sentiment", 2), ("demo-sentiment-student", 1)):
+        export = export_tiny_classifier(tmp_path / name, seed=layers, layers=layers)
+        registry.promote(name, registry.register(export, name).version, "candidate")
+
+    models, why = bench_models()
+    assert models == {
+        "teacher": "models:/demo-sentiment@candidate",
+        "student": "models:/demo-sentiment-student@candidate",
+    }
+    assert "models:/demo-sentiment@candidate" in why
