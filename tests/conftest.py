@@ -45,6 +45,40 @@ def tiny_recipe(tmp_path: Path, **sections: Any) -> dict[str, Any]:
     return recipe
 
 
+def tiny_causal_distill_recipe(tmp_path: Path, run_name: str) -> tuple[dict[str, Any], Path]:
+    """A 1-layer Llama student of a random 2-layer Llama teacher (a stand-in for SmolLM2) that
+    uses the tiny corpus's BPE tokenizer; returns the recipe and the teacher's directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training.tokenizer import train_bpe
+
+    recipe = tiny_recipe(tmp_path)
+    teacher_dir = tmp_path / "teacher"
+    tokenizer = train_bpe(tiny_corpus(tmp_path).read_text().splitlines(), 384)
+    tokenizer.save_pretrained(teacher_dir)
+    torch.manual_seed(0)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(teacher_dir)
+    del recipe["tokenizer"]
+    recipe |= {
+        "model": {"arch": "llama", "size": "tiny", "num_layers": 1},
+        "distillation": {"teacher": str(teacher_dir), "alpha": 0.5, "teacher_logits": "in_worker"},
+    }
+    recipe["train"] |= {"max_steps": 4, "eval_every": 4}
+    recipe["checkpoint"] |= {"run_name": run_name, "every_steps": 4}
+    return recipe, teacher_dir
+
+
 def tiny_corpus(tmp_path: Path) -> Path:
     """About 60 KB of repetitive but learnable English, one sentence per line."""
     path = tmp_path / "corpus.txt"

@@ -6,13 +6,11 @@ Skipped without CUDA, so CPU-only machines (and CI) skip them. On a GPU host:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from transformers import AutoModelForMaskedLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from tests.conftest import tiny_classifier_recipe
+from tests.conftest import tiny_causal_distill_recipe, tiny_classifier_recipe
 from training import (
     DistillConfig,
     FinetuneConfig,
@@ -34,11 +32,16 @@ ON_ONE_GPU = {"num_workers": 1, "use_gpu": True}
 
 @pytest.fixture(scope="module")
 def gpu_ray():
+    """The session's Ray cluster when the integration tests started one (Ray finds the GPU),
+    else a Ray of this module's own."""
     import ray
 
     from training.pretrain import start_local_ray
 
-    start_local_ray(4, num_gpus=1, include_dashboard=False)
+    if ray.is_initialized():
+        yield
+        return
+    start_local_ray(4, num_gpus=1)
     try:
         yield
     finally:
@@ -73,33 +76,10 @@ def test_masked_lm_trains_resumes_and_exports_on_one_gpu(gpu_ray, recipe_factory
         assert torch.isfinite(model(**batch).logits).all()
 
 
-def test_causal_lm_distils_from_an_in_worker_teacher_on_one_gpu(gpu_ray, recipe_factory, tmp_path):
-    from training.tokenizer import train_bpe
-
-    recipe = recipe_factory()
-    teacher_dir = tmp_path / "teacher"
-    texts = Path(recipe["data"]["sources"][0]["path"]).read_text().splitlines()
-    tokenizer = train_bpe(texts, 384)
-    tokenizer.save_pretrained(teacher_dir)
-    LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
-    ).save_pretrained(teacher_dir)
-    del recipe["tokenizer"]
-    recipe |= {
-        "model": {"arch": "llama", "size": "tiny", "num_layers": 1},
-        "distillation": {"teacher": str(teacher_dir), "alpha": 0.5, "teacher_logits": "in_worker"},
-        "scaling": ON_ONE_GPU,
-    }
-    recipe["train"] |= {"max_steps": 4, "eval_every": 4, "precision": "bf16"}
-    recipe["checkpoint"] |= {"run_name": "gpu-causal-student", "every_steps": 4}
+def test_causal_lm_distils_from_an_in_worker_teacher_on_one_gpu(gpu_ray, tmp_path):
+    recipe, teacher_dir = tiny_causal_distill_recipe(tmp_path, "gpu-causal-student")
+    recipe["scaling"] = ON_ONE_GPU
+    recipe["train"]["precision"] = "bf16"
     result = run_pretraining(parse_recipe(recipe))
     assert read_manifest(result.model_dir)["lineage"]["teacher"]["path"] == str(teacher_dir)
 

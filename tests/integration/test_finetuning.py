@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
-from tests.conftest import tiny_classifier_recipe
+from tests.conftest import tiny_causal_distill_recipe, tiny_classifier_recipe
 from training import (
     DistillConfig,
     FinetuneConfig,
@@ -85,35 +84,8 @@ def test_finetune_then_distill_a_classifier(ray_cluster, tiny_encoder, tmp_path,
     assert 0.0 <= student.metrics["accuracy"] <= 1.0
 
 
-def test_causal_lm_distillation_from_a_frozen_teacher(ray_cluster, recipe_factory, tmp_path):
-    # A small random Llama teacher with the tiny corpus's BPE tokenizer stands in for SmolLM2.
-    from training.tokenizer import train_bpe
-
-    teacher_dir = tmp_path / "teacher"
-    recipe = recipe_factory()
-    texts = Path(recipe["data"]["sources"][0]["path"]).read_text().splitlines()
-    tokenizer = train_bpe(texts, 384)
-    tokenizer.save_pretrained(teacher_dir)
-    torch.manual_seed(0)
-    LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-        )
-    ).save_pretrained(teacher_dir)
-
-    del recipe["tokenizer"]
-    recipe |= {
-        "model": {"arch": "llama", "size": "tiny", "num_layers": 1},
-        "distillation": {"teacher": str(teacher_dir), "alpha": 0.5, "teacher_logits": "in_worker"},
-    }
-    recipe["train"] |= {"max_steps": 4, "eval_every": 4}
-    recipe["checkpoint"] |= {"run_name": "tiny-causal-student", "every_steps": 4}
+def test_causal_lm_distillation_from_a_frozen_teacher(ray_cluster, tmp_path):
+    recipe, teacher_dir = tiny_causal_distill_recipe(tmp_path, "tiny-causal-student")
     result = run_pretraining(parse_recipe(recipe))
     manifest = read_manifest(result.model_dir)
     assert manifest["lineage"]["teacher"]["path"] == str(teacher_dir)
