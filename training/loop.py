@@ -362,7 +362,6 @@ def fail_if_rehearsing(at_step: int | None, state: TrainerState, rank: int) -> N
 
 
 def mean_across_ranks(total: float, count: int) -> float:
-
     t = all_reduce(torch.tensor([total, count], dtype=torch.float64))
     return float(t[0] / t[1].clamp(min=1))
 
