@@ -710,6 +710,10 @@ def _notes(
         "peak RSS/worker: `peak_memory_bytes`, the largest worker's peak resident set (VmHWM) "
         "from just before it builds the model to the end of training, libraries (~0.6 GB) "
         "included. ZeRO-3 builds the model already partitioned (`deepspeed.zero_init`).",
+        "ZeRO-3 (throughput and memory) runs with `scaling.release_freed_memory`, its default on "
+        "CPUs: freed buffers of 1 MiB and more go back to the OS at once, which costs ZeRO-3 "
+        "some tokens/s; without it glibc's heap keeps them and ZeRO-3's peak passes ZeRO-0's "
+        "(README, Memory).",
         "memory copy GB/s counts bytes read plus bytes written.",
     ]
     flags = meta["machine"]["cpu_flags"]

@@ -186,6 +186,10 @@ class ScalingConfig(_Config):
     """CPUs reserved per worker."""
     torch_threads: int | None = Field(default=None, gt=0)
     """Intra-op threads per worker (default: `cpus_per_worker`)."""
+    release_freed_memory: bool | None = None
+    """Give freed host buffers of 1 MiB and more back to the OS at once, so that a worker's
+    resident memory follows what it holds, at some cost in speed (see the benchmark report).
+    Default: on for CPU workers at ZeRO stage 3, whose point is memory; off otherwise."""
 
 
 class BatchConfig(_Config):
@@ -322,6 +326,13 @@ class JobConfig(_Config):
         if self.train.precision != "auto":
             return self.train.precision
         return "bf16" if fast_bf16 and self.deepspeed.zero_stage >= 1 else "fp32"
+
+    @property
+    def releases_freed_memory(self) -> bool:
+        """Whether workers give freed buffers back to the OS at once."""
+        if self.scaling.release_freed_memory is None:
+            return self.deepspeed.zero_stage == 3 and not self.scaling.use_gpu
+        return self.scaling.release_freed_memory
 
     @property
     def grad_accum_steps(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,28 @@ def cpu_has_fast_bf16() -> bool:
             flags.update(line.split(":", 1)[1].split())
             break
     return bool(flags & _BF16_CPU_FLAGS)
+
+
+# glibc's `mallopt` parameter that fixes the size from which allocations get their own mapping.
+_M_MMAP_THRESHOLD = -3
+FREED_MEMORY_THRESHOLD = 1 << 20
+"""With `release_freed_memory`, freed allocations of this many bytes or more leave the process."""
+
+
+def release_freed_memory(threshold: int = FREED_MEMORY_THRESHOLD) -> bool:
+    """Give every freed allocation of `threshold` bytes or more back to the OS at once (glibc);
+    False where the C library has no `mallopt`.
+
+    glibc raises its threshold for such private mappings each time a large block is freed, and
+    from then on keeps blocks up to that size in its heap, which it seldom shrinks. ZeRO-3 gathers
+    and frees each layer's whole parameters at every step, so a CPU worker's resident memory then
+    grows by far more than the worker holds. The cost: fresh pages for every large tensor.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
 
 
 def fast_bf16(use_gpu: bool) -> bool:

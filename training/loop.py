@@ -32,7 +32,7 @@ from training.checkpoint import (
 from training.config import JobConfig, PretrainConfig
 from training.data import configure_ray_data
 from training.deepspeed_config import deepspeed_config
-from training.hardware import all_reduce, fast_bf16
+from training.hardware import all_reduce, fast_bf16, release_freed_memory
 from training.metrics import PeakMemory, StepWindow, TrainingMetrics
 from training.models import (
     build_model,
@@ -179,6 +179,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def configure_process(cfg: JobConfig) -> None:
+    if cfg.releases_freed_memory:
+        release_freed_memory()
     # DeepSpeed picks its accelerator on first use; CPU workers must not probe for CUDA.
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cfg.scaling.use_gpu else "cpu")
     # DeepSpeed still calls collectives that torch has renamed; one warning per call floods logs.

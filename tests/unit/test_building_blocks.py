@@ -215,6 +215,48 @@ def test_local_ray_workers_find_this_environments_tools_first():
     assert venv_first(venv_first(path)) == venv_first(path)
 
 
+def test_freed_large_buffers_go_back_to_the_os(tmp_path):
+    """After `release_freed_memory`, 64 MiB of freed 4 MiB tensors leave the resident set;
+    glibc's default keeps them in its heap, below a tensor still in use."""
+    import subprocess
+    import sys
+
+    probe = """
+import sys, torch
+
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+
+if sys.argv[1] == "release":
+    from training.hardware import release_freed_memory
+
+    assert release_freed_memory()
+first = torch.ones(1 << 20)
+del first  # a freed 4 MiB block raises glibc's threshold past 4 MiB
+before = rss_mib()
+blocks = [torch.ones(1 << 20) for _ in range(16)]
+kept = torch.ones(1 << 16)  # a small tensor still in use, after the blocks in the heap
+del blocks
+print(rss_mib() - before)
+"""
+    grown = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", probe, mode],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+            ).stdout
+        )
+        for mode in ("default", "release")
+    }
+    assert grown["release"] < 8, grown
+    assert grown["default"] >= 32, grown  # what the setting is for
+
+
 def test_all_reduce_returns_the_reduced_cpu_tensor_on_gloo(tmp_path):
     import torch.distributed as dist
 

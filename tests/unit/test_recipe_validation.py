@@ -33,6 +33,17 @@ def test_tiny_recipe_is_valid_and_derives_accumulation(recipe_factory):
     assert cfg.grad_accum_steps == 2
 
 
+def test_cpu_workers_release_freed_memory_by_default_at_zero_3_only(recipe_factory):
+    def releases(**sections) -> bool:
+        return parse_recipe(recipe_factory(**sections)).releases_freed_memory
+
+    assert releases(deepspeed={"zero_stage": 3})
+    assert not releases(deepspeed={"zero_stage": 2})
+    assert not releases(deepspeed={"zero_stage": 3}, scaling={"use_gpu": True})
+    assert not releases(deepspeed={"zero_stage": 3}, scaling={"release_freed_memory": False})
+    assert releases(deepspeed={"zero_stage": 0}, scaling={"release_freed_memory": True})
+
+
 def test_unknown_key_is_named(recipe_factory):
     message = _error(recipe_factory(train={"learning_rate": 0.1}))
     assert "train.learning_rate" in message
