@@ -80,15 +80,27 @@ class BatchGate:
     even while the previous batch is still running. A compute-bound model then runs a queue of
     batches of one or two requests under load (measured: a mean of 1.2 at 32 concurrent
     requests). Held here instead, everything that arrives during a forward pass enters the
-    batcher together when it ends and forms one batch.
+    batcher together when it ends and forms one batch at once: waiting `batch_wait_timeout_s`
+    for more would leave the model idle (about a tenth of a small model's time under load). The
+    configured wait applies when nothing was held, so that requests arriving at a quiet replica
+    still batch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, batcher: Any, wait_s: float = 0.005) -> None:
+        self._batcher = batcher
+        self.wait_s = wait_s
         self._idle = asyncio.Event()
         self._idle.set()
+        self._held = 0
 
     async def admit(self) -> None:
-        await self._idle.wait()
+        if self._idle.is_set():
+            return
+        self._held += 1
+        try:
+            await self._idle.wait()
+        finally:
+            self._held -= 1
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -96,6 +108,8 @@ class BatchGate:
         try:
             yield
         finally:
+            # Read by the batcher when the first held request reaches it, after this.
+            self._batcher.set_batch_wait_timeout_s(0.0 if self._held else self.wait_s)
             self._idle.set()
 
 
@@ -118,8 +132,8 @@ class ModelServer:
         self._batched_requests = 0
         self._batch_sizes: list[int] = []
         self._metrics = metrics.ModelMetrics(variant)
-        self._classify_gate = BatchGate()
-        self._embed_gate = BatchGate()
+        self._classify_gate = BatchGate(self._classify_batch)
+        self._embed_gate = BatchGate(self._embed_batch)
 
     # ------------------------------------------------------------ configuration
 
@@ -132,10 +146,14 @@ class ModelServer:
         torch.set_num_threads(int(settings.get("threads", 1)))
         size = int(settings.get("max_batch_size", 16))
         wait = float(settings.get("batch_wait_timeout_s", 0.005))
-        for method in (self._classify_batch, self._embed_batch):
+        for gate, method in (
+            (self._classify_gate, self._classify_batch),
+            (self._embed_gate, self._embed_batch),
+        ):
             batcher: Any = method  # @serve.batch adds the setters
             batcher.set_max_batch_size(size)
             batcher.set_batch_wait_timeout_s(wait)
+            gate.wait_s = wait
         self._settings = settings
         await self._switch(settings["model"], settings.get("version"))
         if self._watcher is None and float(settings.get("watch_interval_s", 0)) > 0:

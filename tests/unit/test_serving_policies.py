@@ -210,8 +210,14 @@ def test_batch_gate_holds_requests_while_a_batch_runs():
 
     from serving.model_server import BatchGate
 
-    async def scenario() -> list[str]:
-        gate, events = BatchGate(), []
+    class Batcher:
+        def set_batch_wait_timeout_s(self, seconds: float) -> None:
+            events.append(f"wait {seconds}")
+
+    events: list[str] = []
+
+    async def scenario() -> None:
+        gate = BatchGate(Batcher(), wait_s=0.005)
         await asyncio.wait_for(gate.admit(), 1)  # idle: admitted at once
 
         async def request(name: str) -> None:
@@ -223,9 +229,12 @@ def test_batch_gate_holds_requests_while_a_batch_runs():
             await asyncio.sleep(0.05)
             events.append("batch done")
         await asyncio.wait_for(asyncio.gather(*waiting), 1)
-        return events
+        async with gate.running():  # nothing held: the configured wait again
+            pass
 
-    assert asyncio.run(scenario()) == ["batch done", "admitted a", "admitted b"]
+    asyncio.run(scenario())
+    # What was held forms the next batch at once.
+    assert events == ["batch done", "wait 0.0", "admitted a", "admitted b", "wait 0.005"]
 
 
 def test_int8_variant_quantizes_linear_layers_and_keeps_the_answers(tmp_path):
@@ -291,7 +300,24 @@ def test_model_server_batches_requests_that_arrive_during_a_forward_pass(
 
         answers = await asyncio.gather(*(request(0.01 * i) for i in range(24)))
         assert all(a["result"][0]["label"] == answers[0]["result"][0]["label"] for a in answers)
-        return server.info()
+        gated = server.info()
+
+        # The batch wait lets requests at a quiet replica batch; requests that queued behind a
+        # forward pass start as soon as it ends. (One event loop for both parts: Serve's batch
+        # queue stays with the loop that first used it.)
+        await server.reconfigure(
+            {"model": path, "threads": 1, "max_batch_size": 32, "batch_wait_timeout_s": 1.0}
+        )
+        start = time.perf_counter()
+        first = asyncio.create_task(server.classify(["a gripping film"]))
+        await asyncio.sleep(1.05)  # the lone request waited 1 s for company and now runs
+        held = [asyncio.create_task(server.classify(["dull"])) for _ in range(3)]
+        await first
+        first_done = time.perf_counter() - start
+        await asyncio.gather(*held)
+        assert first_done >= 1.0
+        assert time.perf_counter() - start - first_done < 0.6  # one 0.1 s pass, no 1 s wait
+        return gated
 
     info = asyncio.run(scenario())
     assert info["batched_requests"] == 24
