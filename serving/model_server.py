@@ -81,9 +81,8 @@ class BatchGate:
     batches of one or two requests under load (measured: a mean of 1.2 at 32 concurrent
     requests). Held here instead, everything that arrives during a forward pass enters the
     batcher together when it ends and forms one batch at once: waiting `batch_wait_timeout_s`
-    for more would leave the model idle (about a tenth of a small model's time under load). The
-    configured wait applies when nothing was held, so that requests arriving at a quiet replica
-    still batch.
+    for more would leave the model idle. The configured wait applies when nothing was held, so
+    that requests arriving at a quiet replica still batch.
     """
 
     def __init__(self, batcher: Any, wait_s: float = 0.005) -> None:
