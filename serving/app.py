@@ -8,15 +8,17 @@ one `ModelServer` deployment per variant.
 import asyncio
 import functools
 import json
+import logging
 import random
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,6 +39,11 @@ from serving.schemas import (
 )
 
 INGRESS = "Ingress"
+REPLICA_ATTEMPTS = 3
+"""Tries of a model call whose replica dies or becomes unreachable while answering it."""
+
+logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -156,12 +163,52 @@ async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
     return _error(err.status_code, kinds.get(err.status_code, "invalid_request"), message)
 
 
+@api.exception_handler(Exception)
+async def _internal(_: Request, err: Exception) -> JSONResponse:
+    # Starlette's outermost middleware calls this, sends the response, then re-raises for the log.
+    return _error(500, "internal_error", f"{type(err).__name__}: {err}"[:500])
+
+
 AuthHeader = Annotated[
     str | None, Header(description="`Bearer <key>` when the server has auth enabled")
 ]
 
 
 # Helpers sit above the class: Serve serialises the ingress class when it is defined.
+class ReplicaLost(Exception):
+    def __init__(self, variant: str) -> None:
+        super().__init__(
+            f"variant '{variant}' lost its model replica while answering; it is being replaced"
+        )
+
+
+async def retry_lost_replicas(variant: str, call: Callable[[], Awaitable[T]]) -> T:
+    """`await call()`, repeated when the model replica answering it dies or becomes unreachable
+    (up to `REPLICA_ATTEMPTS` tries in all; then `ReplicaLost`). Inference has no side effects,
+    so a repeat is safe; Serve's router has by then taken the replica out of rotation and holds
+    the repeat until a live replica, or the replacement, takes it."""
+    for attempt in range(1, REPLICA_ATTEMPTS + 1):
+        try:
+            return await call()
+        except RayActorError as err:
+            if attempt == REPLICA_ATTEMPTS:
+                raise ReplicaLost(variant) from err
+            logger.warning(
+                "variant %s: a replica was lost during a request (%s); trying again",
+                variant,
+                type(err).__name__,
+            )
+            await asyncio.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _stream_event(variant: str, event: dict[str, Any]) -> str:
+    if "token" in event:
+        return f"data: {json.dumps(event)}\n\n"
+    done = {**event["result"], "variant": variant, "version": event["version"]}
+    return f"event: done\ndata: {json.dumps(done)}\n\n"
+
+
 async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
     yield first
     async for item in rest:
@@ -385,15 +432,25 @@ class Ingress:
 
     async def _stream(self, variant: str, request: dict) -> AsyncIterator[str]:
         handle = self.models[variant].options(stream=True)
+
+        async def start() -> tuple[AsyncIterator[dict], dict]:
+            events = handle.generate_stream.remote(request)
+            return events, await anext(events)
+
         try:
-            async for event in handle.generate_stream.remote(request):
-                if "token" in event:
-                    yield f"data: {json.dumps(event)}\n\n"
-                else:
-                    done = {**event["result"], "variant": variant, "version": event["version"]}
-                    yield f"event: done\ndata: {json.dumps(done)}\n\n"
+            events, first = await retry_lost_replicas(variant, start)
         except BackPressureError:
             raise self._over_capacity(variant) from None
+        except ReplicaLost:
+            raise self._replica_unavailable(variant) from None
+        yield _stream_event(variant, first)
+        try:
+            async for event in events:
+                yield _stream_event(variant, event)
+        except RayActorError:
+            # The 200 and some tokens are out: end the stream with an error event.
+            error = {"type": "replica_unavailable", "message": str(ReplicaLost(variant))}
+            yield f"event: error\ndata: {json.dumps({'error': error})}\n\n"
 
     # ------------------------------------------------------------ admin
 
@@ -464,9 +521,22 @@ class Ingress:
 
     async def _call(self, variant: str, method: str, *args: Any) -> dict[str, Any]:
         try:
-            return await getattr(self.models[variant], method).remote(*args)
+            return await retry_lost_replicas(
+                variant, lambda: getattr(self.models[variant], method).remote(*args)
+            )
         except BackPressureError:
             raise self._over_capacity(variant) from None
+        except ReplicaLost:
+            raise self._replica_unavailable(variant) from None
+
+    def _replica_unavailable(self, variant: str) -> ApiError:
+        retry = self.config.limits.retry_after_s
+        return ApiError(
+            503,
+            "replica_unavailable",
+            f"{ReplicaLost(variant)}; retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+        )
 
     def _over_capacity(self, variant: str) -> ApiError:
         retry = self.config.limits.retry_after_s

@@ -144,7 +144,7 @@ class LimitsConfig(_Config):
     max_new_tokens: int = Field(default=256, ge=1)
     """Upper bound on generate's max_new_tokens."""
     retry_after_s: int = Field(default=1, ge=0)
-    """`Retry-After` sent with 503 when the model replicas are over capacity."""
+    """`Retry-After` sent with 503 when a variant is over capacity or lost its replica."""
 
 
 class AuthConfig(_Config):

@@ -404,6 +404,8 @@ class Traffic:
                 status, _, answer = request(base, "/v1/classify", body, timeout=30)
             except OSError as err:
                 status, answer = 0, str(err)
+            except ValueError as err:  # a body that is not JSON
+                status, answer = -1, str(err)
             self.results.append((status, answer))
 
     def __enter__(self) -> Traffic:
@@ -527,13 +529,16 @@ def test_a_killed_replica_is_replaced(served):
             and request(served["base"], "/v1/classify", body)[0] == 200
         )
 
-    with Traffic(served["base"], body, workers=2):  # killed while answering
+    with Traffic(served["base"], body, workers=2) as traffic:  # killed while answering
         time.sleep(1)
         ray.kill(
             ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]), no_restart=True
         )
         time.sleep(1)
         _wait(recovered, 120, "a replacement replica")
+    # The requests the dead replica held were sent again and answered by its replacement.
+    assert len(traffic.results) > 4
+    assert traffic.failures == []
     results = [request(served["base"], "/v1/classify", body)[0] for _ in range(10)]
     assert results == [200] * 10
 

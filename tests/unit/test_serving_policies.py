@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 from pathlib import Path
 
@@ -359,3 +361,46 @@ def test_a_starting_replica_under_a_broken_pin_serves_the_alias_instead(
     registry.promote("sentiment", broken.version, "production")
     with pytest.raises(RuntimeError, match="checksum"):
         asyncio.run(start())
+
+
+def test_a_call_whose_replica_dies_is_repeated_then_reported():
+    from ray.exceptions import ActorDiedError
+
+    from serving.app import REPLICA_ATTEMPTS, ReplicaLost, retry_lost_replicas
+
+    calls = []
+
+    def dies(times: int):
+        async def call() -> str:
+            calls.append(1)
+            if len(calls) <= times:
+                raise ActorDiedError()
+            return "answer"
+
+        return call
+
+    assert asyncio.run(retry_lost_replicas("distilled", dies(REPLICA_ATTEMPTS - 1))) == "answer"
+    assert len(calls) == REPLICA_ATTEMPTS
+    calls.clear()
+    with pytest.raises(ReplicaLost, match="variant 'distilled' lost its model replica"):
+        asyncio.run(retry_lost_replicas("distilled", dies(REPLICA_ATTEMPTS)))
+    assert len(calls) == REPLICA_ATTEMPTS
+
+    async def refused() -> str:  # anything else is not repeated
+        calls.append(1)
+        raise ValueError("bad input")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        asyncio.run(retry_lost_replicas("distilled", refused))
+    assert len(calls) == 1
+
+
+def test_server_faults_answer_in_the_error_shape():
+    from serving.app import _internal
+
+    response = asyncio.run(_internal(None, RuntimeError("no model loaded")))
+    assert response.status_code == 500
+    assert json.loads(response.body) == {
+        "error": {"type": "internal_error", "message": "RuntimeError: no model loaded"}
+    }
