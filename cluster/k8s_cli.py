@@ -5,6 +5,7 @@ needs them; `--dry-run` prints what would be sent without any."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cluster import kuberay
-from cluster.kuberay import DEFAULT_IMAGE, GPU_IMAGE, JobKind, KubeRay, KubeRayError
+from cluster.kuberay import DEFAULT_IMAGE, GPU_IMAGE, JobKind, KubeRay, KubeRayError, PodAccess
 from cluster.output import console, fail, say, styled_status
 from cluster.registry import PromotionRefused, Registry, RegistryError
 
@@ -32,6 +33,7 @@ NamespaceOption = Annotated[
         "--namespace", "-n", help="Namespace (default: the kubeconfig context's, or the pod's)"
     ),
 ]
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NameArgument = Annotated[str, typer.Argument(help="RayJob name, as `submit` prints it")]
 
 
@@ -83,6 +85,27 @@ def _dump(objects: list[dict[str, Any]]) -> None:
     typer.echo(kuberay.to_yaml(objects), nl=False)
 
 
+def _pod_access(env: list[str], secret_env: list[str], service_account: str | None) -> PodAccess:
+    """--env NAME=VALUE and --secret-env NAME=SECRET:KEY options as a PodAccess."""
+    plain: dict[str, str] = {}
+    for pair in env:
+        name, sep, value = pair.partition("=")
+        if not sep or not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"--env {pair}: use NAME=VALUE, e.g. AWS_REGION=us-east-1")
+        plain[name] = value
+    secret: dict[str, tuple[str, str]] = {}
+    for pair in secret_env:
+        name, _, ref = pair.partition("=")
+        secret_name, _, key = ref.partition(":")
+        if not _ENV_NAME.fullmatch(name) or not secret_name or not key:
+            raise ValueError(
+                f"--secret-env {pair}: use NAME=SECRET:KEY, e.g. "
+                "AWS_SECRET_ACCESS_KEY=s3-credentials:secret-access-key"
+            )
+        secret[name] = (secret_name, key)
+    return PodAccess(plain, secret, service_account)
+
+
 def _wait(ops: KubeRay, name: str, poll_s: float = 5.0) -> kuberay.JobStatus:
     """Poll the RayJob until it ends, printing each change of state."""
     seen = ""
@@ -129,9 +152,34 @@ def submit(
     claim: Annotated[
         str,
         typer.Option(
-            help="PersistentVolumeClaim at /data (the chart's: <fullname>-data, e.g. fmstack-data)"
+            help="PersistentVolumeClaim at /data (the chart's: <fullname>-data, e.g. "
+            "fmstack-data); '' for none, with runs and registry on object storage"
         ),
     ] = kuberay.DATA_CLAIM,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env",
+            help="NAME=VALUE for the Ray pods, e.g. FMSTACK_REGISTRY=s3://bucket/registry or "
+            "AWS_REGION=us-east-1 (repeatable)",
+        ),
+    ] = None,
+    secret_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--secret-env",
+            help="NAME=SECRET:KEY, a variable read from a Secret's key, e.g. "
+            "AWS_ACCESS_KEY_ID=s3-credentials:access-key-id (repeatable)",
+        ),
+    ] = None,
+    service_account: Annotated[
+        str | None,
+        typer.Option(help="ServiceAccount of the Ray pods (e.g. for IRSA or Workload Identity)"),
+    ] = None,
+    ray_auth: Annotated[
+        str,
+        typer.Option(help="Ray's token auth for the job's cluster: token or disabled"),
+    ] = "token",
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait until the job ends; exit 1 if it fails")
     ] = False,
@@ -149,8 +197,11 @@ def submit(
         fail(f"--kind {kind}: use one of {', '.join(kuberay.JOB_KINDS)}", 2)
     if not recipe.is_file():
         fail(f"recipe {recipe} does not exist", 2)
+    if ray_auth not in ("token", "disabled"):
+        fail(f"--ray-auth {ray_auth}: use token or disabled", 2)
     job_kind: JobKind | None = kind  # type: ignore[assignment]  # checked above
     try:
+        access = _pod_access(env or [], secret_env or [], service_account)
         manifests = kuberay.rayjob_manifest(
             recipe.read_text(),
             recipe_file=recipe.name,
@@ -160,7 +211,9 @@ def submit(
             image=image,
             namespace=namespace,
             workers=workers,
-            data_claim=claim,
+            data_claim=claim or None,
+            access=access,
+            ray_auth=ray_auth,  # type: ignore[arg-type]  # checked above
         )
     except (RecipeError, ValueError) as err:
         fail(str(err), 2)
@@ -281,7 +334,8 @@ def promote(
         str | None,
         typer.Option(
             envvar="FMSTACK_REGISTRY",
-            help="Registry root as seen from here (default: the serve config's, if reachable)",
+            help="Registry root as seen from here (default: the serve config's; needed when that "
+            "is a path on the cluster's volume)",
         ),
     ] = None,
     from_file: Annotated[

@@ -28,6 +28,7 @@ import typer
 import yaml
 
 from cluster.registry import (
+    REGISTRY_ENV,
     ModelRef,
     PromotionRefused,
     Registry,
@@ -55,8 +56,10 @@ __all__ = [
     "KubeRayError",
     "KubernetesError",
     "NotFound",
+    "PodAccess",
     "PodResources",
     "Promotion",
+    "RayAuth",
     "ServiceConfigError",
     "WorkerGroup",
     "infer_kind",
@@ -200,6 +203,30 @@ SUBMITTER = PodResources(cpus=0.5, memory="1Gi")
 AUTOSCALER = PodResources(cpus=0.5, memory="512Mi")
 
 
+RayAuth = Literal["token", "disabled"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PodAccess:
+    """What a job's Ray pods reach beyond the shared volume: object storage, with its settings
+    as environment variables and its credentials only from Secrets, under a service account
+    (for IRSA or Workload Identity)."""
+
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    secret_env: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    """Variable -> (Secret, key)."""
+    service_account: str | None = None
+
+    def env_vars(self) -> list[dict[str, Any]]:
+        env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in self.env.items()]
+        for var, (secret, key) in self.secret_env.items():
+            env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+        return env
+
+    def registry(self) -> str | None:
+        return self.env.get(REGISTRY_ENV)
+
+
 def _tmp_volume() -> dict[str, Any]:
     return {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}}
 
@@ -237,6 +264,7 @@ def _ray_pod(
     data_claim: str | None,
     recipes: str | None = None,
     service_account_token: bool = False,
+    service_account: str | None = None,
 ) -> dict[str, Any]:
     """A Ray head or worker pod template: non-root, read-only root, writable /tmp (KubeRay
     adds the /dev/shm volume for the object store)."""
@@ -265,6 +293,8 @@ def _ray_pod(
         ],
         "volumes": volumes,
     }
+    if service_account:
+        spec["serviceAccountName"] = service_account
     if not service_account_token:
         spec["automountServiceAccountToken"] = False
     if resources.gpus:
@@ -275,11 +305,14 @@ def _ray_pod(
 
 
 def _env(
-    data_claim: str | None, api_keys_secret: str | None = None, serve: bool = False
+    data_claim: str | None,
+    api_keys_secret: str | None = None,
+    serve: bool = False,
+    access: PodAccess | None = None,
 ) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": "FMSTACK_CACHE", "value": PACKAGED_CACHE}]
-    if data_claim:
-        env.append({"name": "FMSTACK_REGISTRY", "value": REGISTRY_DIR})
+    if data_claim and not (access and access.registry()):
+        env.append({"name": REGISTRY_ENV, "value": REGISTRY_DIR})
     env += [  # the root filesystem is read-only: caches go to the /tmp emptyDir
         {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
         {"name": "TRITON_CACHE_DIR", "value": f"{CACHE_DIR}/triton"},
@@ -294,6 +327,8 @@ def _env(
         from serving import HIGH_THROUGHPUT_ENV
 
         env += [{"name": k, "value": v} for k, v in HIGH_THROUGHPUT_ENV.items()]
+    if access:
+        env += access.env_vars()
     return env
 
 
@@ -308,15 +343,20 @@ def _cluster_spec(
     recipes: str | None = None,
     api_keys_secret: str | None = None,
     serve: bool = False,
+    access: PodAccess | None = None,
+    ray_auth: RayAuth = "token",
 ) -> dict[str, Any]:
     """A RayCluster spec (also the rayClusterSpec of a RayJob and rayClusterConfig of a
-    RayService). The dashboard, GCS and client ports stay on the cluster-internal head Service."""
-    env = _env(data_claim, api_keys_secret, serve)
+    RayService). The dashboard, GCS and client ports stay on the cluster-internal head Service;
+    with `ray_auth` token, KubeRay also puts them behind a token it keeps in a Secret named after
+    the cluster (key `auth_token`)."""
+    env = _env(data_claim, api_keys_secret, serve, access)
+    service_account = access.service_account if access else None
     head_ports = dict(PORTS) | ({"serve": SERVE_PORT} if serve else {})
     head_params = {"dashboard-host": "0.0.0.0", "metrics-export-port": str(METRICS_PORT)}
     if serve:  # replicas go to the workers, which the autoscaler adds and removes
         head_params["num-cpus"] = "0"
-    spec: dict[str, Any] = {"rayVersion": RAY_VERSION}
+    spec: dict[str, Any] = {"rayVersion": RAY_VERSION, "authOptions": {"mode": ray_auth}}
     if autoscaling:
         spec["enableInTreeAutoscaling"] = True
         spec["autoscalerOptions"] = {
@@ -338,6 +378,7 @@ def _cluster_spec(
             data_claim=data_claim,
             recipes=recipes,
             service_account_token=autoscaling,  # the autoscaler sidecar talks to the API
+            service_account=service_account,
         ),
     }
     spec["workerGroupSpecs"] = [
@@ -355,6 +396,7 @@ def _cluster_spec(
                 ports={"metrics": METRICS_PORT} | ({"serve": SERVE_PORT} if serve else {}),
                 env=env,
                 data_claim=data_claim,
+                service_account=service_account,
             ),
         }
         for group in workers
@@ -371,6 +413,7 @@ def raycluster_manifest(
     workers: Sequence[WorkerGroup] = (),
     data_claim: str | None = DATA_CLAIM,
     autoscaling: bool = True,
+    ray_auth: RayAuth = "token",
 ) -> dict[str, Any]:
     """A standalone RayCluster (for `fmstack job submit` or interactive work)."""
     return {
@@ -384,6 +427,7 @@ def raycluster_manifest(
             workers=workers,
             data_claim=data_claim,
             autoscaling=autoscaling,
+            ray_auth=ray_auth,
         ),
     }
 
@@ -493,6 +537,28 @@ def _storage_override(recipe: Mapping[str, Any], overrides: Sequence[str]) -> li
     return [f"checkpoint.storage_path={RUNS_DIR}"]
 
 
+def _check_object_storage(cfg: Any, access: PodAccess | None) -> None:
+    """Without the shared volume, a job's runs and registered models must go to object storage:
+    the pods' own disks vanish with the cluster."""
+    runs = str(cfg.checkpoint.storage_path)
+    if "://" not in runs:
+        raise ValueError(
+            f"checkpoint.storage_path {runs!r} is inside the job's pods and goes away with them; "
+            "without --claim, set an object-storage path (--set "
+            "checkpoint.storage_path=s3://bucket/runs) or mount a volume with --claim"
+        )
+    registry = getattr(cfg, "registry", None)
+    if registry is None:
+        return
+    root = registry.root or (access.registry() if access else None)
+    if not root or "://" not in root:
+        raise ValueError(
+            f"the registry {root or '(default)'} is inside the job's pods and goes away with "
+            f"them; without --claim, pass --env {REGISTRY_ENV}=s3://bucket/registry (or set "
+            "registry.root) or mount a volume with --claim"
+        )
+
+
 def rayjob_manifest(
     recipe_text: str,
     *,
@@ -508,6 +574,8 @@ def rayjob_manifest(
     data_claim: str | None = DATA_CLAIM,
     ttl_seconds_after_finished: int = 3600,
     backoff_limit: int = 0,
+    access: PodAccess | None = None,
+    ray_auth: RayAuth = "token",
 ) -> JobManifests:
     """The ConfigMap holding a recipe and the RayJob that runs `fmstack <kind>` on it.
 
@@ -515,7 +583,9 @@ def rayjob_manifest(
     `RecipeError` names the bad key), so nothing is created for a job that could not start.
     The worker group gets one pod per Ray Train worker, sized from the recipe's `scaling`
     section; `workers` overrides `scaling.num_workers`. GPU recipes (`scaling.use_gpu`) get the
-    CUDA image unless `image` is given. The cluster goes away when the job ends.
+    CUDA image unless `image` is given. The cluster goes away when the job ends, so without a
+    `data_claim` the runs and the registry must be on object storage (`access` says how to
+    reach it); a job that would leave its results in the pods is refused.
     """
     overrides = list(overrides)
     if workers is not None:
@@ -526,6 +596,8 @@ def rayjob_manifest(
     name = check_name(name or job_name(recipe, recipe_file))
     if data_claim:
         overrides += _storage_override(recipe, overrides)
+    else:
+        _check_object_storage(cfg, access)
     command = ["fmstack", kind, "--config", f"{RECIPES_DIR}/{recipe_file}"]
     for pair in overrides:
         command += ["--set", pair]
@@ -586,6 +658,8 @@ def rayjob_manifest(
                 data_claim=data_claim,
                 autoscaling=False,
                 recipes=recipes,
+                access=access,
+                ray_auth=ray_auth,
             ),
         },
     }
@@ -607,6 +681,7 @@ def rayservice_manifest(
     ),
     data_claim: str | None = DATA_CLAIM,
     api_keys_secret: str | None = API_KEYS_SECRET,
+    ray_auth: RayAuth = "token",
 ) -> dict[str, Any]:
     """A RayService that runs `serve_config` (what `fmstack serve build` prints) as its
     serveConfigV2, on an autoscaling cluster whose pods read the API keys from a Secret."""
@@ -626,6 +701,7 @@ def rayservice_manifest(
                 autoscaling=True,
                 api_keys_secret=api_keys_secret,
                 serve=True,
+                ray_auth=ray_auth,
             ),
         },
     }
@@ -884,7 +960,7 @@ class KubeRay:
                 "(models:/name@alias)"
             )
         parsed = parse_ref(ref)
-        registry = registry or Registry(_registry_root(cfg.registry))
+        registry = registry or Registry(_registry_root(cfg.registry, service))
         requirements = [parse_requirement(r) for r in require]
         target = registry.get(ModelRef(parsed.name, version=version))  # unknown: ModelNotFound
         failures = [f for r in requirements if (f := r.failure(target.metrics)) is not None]
@@ -989,12 +1065,20 @@ def _in(obj: Mapping[str, Any], namespace: str) -> dict[str, Any]:
     return out
 
 
-def _registry_root(configured: str | None) -> str:
-    """The serve config's registry when this machine can read it (a URI, or a directory that
-    exists here), else `$FMSTACK_REGISTRY` or `runs/registry`."""
-    if configured and ("://" in configured or Path(configured).is_dir()):
+def _registry_root(configured: str | None, service: str) -> str:
+    """The registry the RayService's serve config names, when this machine can read it (a URI,
+    or a directory that exists here). A path on the cluster's volume that is not mounted here is
+    refused: promoting in another registry would pin a version the replicas cannot find."""
+    if not configured:
+        return default_root()
+    if "://" in configured or Path(configured).is_dir():
         return configured
-    return default_root()
+    raise ServiceConfigError(
+        f"RayService {service} serves models from the registry {configured}, which this machine "
+        "cannot read (a path on the cluster's volume); pass --registry with a path or URI where "
+        "this machine sees that same registry, put the registry on object storage, or run the "
+        "promotion in a pod that mounts the volume"
+    )
 
 
 _RESOURCES = {"ConfigMap": "configmaps", "Pod": "pods"}

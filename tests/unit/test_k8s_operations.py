@@ -381,6 +381,19 @@ def test_promote_refuses_unknown_variants_and_non_registry_models(
     assert kube.writes == []
 
 
+def test_promote_refuses_a_registry_on_a_volume_not_mounted_here(
+    ops: KubeRay, kube: FakeKube, service: dict[str, Any], tmp_path: Path
+) -> None:
+    on_cluster = copy.deepcopy(service)
+    serve_cfg = yaml.safe_load(on_cluster["spec"]["serveConfigV2"])
+    serve_cfg["applications"][0]["args"]["registry"] = str(tmp_path / "not-mounted/registry")
+    on_cluster["spec"]["serveConfigV2"] = yaml.safe_dump(serve_cfg)
+    kube.objects[("rayservices", NS, "fmstack")] = on_cluster
+    with pytest.raises(ServiceConfigError, match="cannot read.*pass --registry"):
+        ops.promote("fmstack", "full", 2)
+    assert kube.writes == []
+
+
 # ---------------------------------------------------------------- the CLI
 
 
@@ -538,3 +551,57 @@ def test_no_kubeconfig_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no Kubernetes credentials" in lines[0]
+
+
+def _pods(rayjob: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = rayjob["spec"]["rayClusterSpec"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return [group["template"]["spec"] for group in groups]
+
+
+def test_submit_without_a_volume_needs_object_storage_and_secret_credentials(
+    monkeypatch: pytest.MonkeyPatch, validate_manifest: Any
+) -> None:
+    monkeypatch.setattr(k8s_cli, "make_clients", lambda: pytest.fail("contacted the API"))
+    recipe = str(ROOT / "configs/finetune/minilm-rotten-tomatoes.yaml")
+    base = ["submit", recipe, "--dry-run", "-n", NS, "--claim", ""]
+
+    refused = run(*base)
+    assert refused.exit_code == 2 and "checkpoint.storage_path" in refused.output
+    runs = ["--set", "checkpoint.storage_path=s3://ml/runs"]
+    refused = run(*base, *runs)
+    assert refused.exit_code == 2 and "FMSTACK_REGISTRY=s3://" in refused.output
+    refused = run(*base, *runs, "--secret-env", "AWS_ACCESS_KEY_ID=no-key-given")
+    assert refused.exit_code == 2 and "NAME=SECRET:KEY" in refused.output
+
+    result = run(
+        *base,
+        *runs,
+        "--env",
+        "FMSTACK_REGISTRY=s3://ml/registry",
+        "--env",
+        "AWS_REGION=us-east-1",
+        "--secret-env",
+        "AWS_ACCESS_KEY_ID=s3-credentials:access-key-id",
+        "--service-account",
+        "fmstack-jobs",
+    )
+    assert result.exit_code == 0, result.output
+    _, rayjob = yaml.safe_load_all(result.stdout)
+    validate_manifest(rayjob)
+    assert rayjob["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
+    for pod_spec in _pods(rayjob):
+        assert pod_spec["serviceAccountName"] == "fmstack-jobs"
+        assert not any("persistentVolumeClaim" in v for v in pod_spec["volumes"])
+        env = {e["name"]: e for e in pod_spec["containers"][0]["env"]}
+        assert env["FMSTACK_REGISTRY"]["value"] == "s3://ml/registry"
+        assert env["AWS_REGION"]["value"] == "us-east-1"
+        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
+            "secretKeyRef": {"name": "s3-credentials", "key": "access-key-id"}
+        }
+    assert "checkpoint.storage_path=s3://ml/runs" in rayjob["spec"]["entrypoint"]
+
+    open_cluster = run(*base, *runs, "--env", "FMSTACK_REGISTRY=s3://r", "--ray-auth", "disabled")
+    assert open_cluster.exit_code == 0, open_cluster.output
+    _, rayjob = yaml.safe_load_all(open_cluster.stdout)
+    assert rayjob["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "disabled"}
