@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -281,10 +281,17 @@ scrape_configs:
 """
 
 
+def missing(message: str) -> NoReturn:
+    """A tool the test needs is not here: skip, but fail in CI, where set-up provides it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @contextlib.contextmanager
 def prometheus_servers(directory: Path) -> Iterator[Callable[[list[str]], str]]:
     """Yields a function that starts `prometheus` on loopback scraping the given targets and
-    returns its URL; every server started is stopped on exit. Skips when it is not installed."""
+    returns its URL; every server started is stopped on exit. Skips (fails in CI) without it."""
     import shutil
     import subprocess
     import time
@@ -292,7 +299,7 @@ def prometheus_servers(directory: Path) -> Iterator[Callable[[list[str]], str]]:
 
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.skip("prometheus is not installed (make setup installs Debian's package)")
+        missing("prometheus is not installed (make setup installs Debian's package)")
     processes: list[subprocess.Popen] = []
 
     def start(targets: list[str]) -> str:
@@ -424,12 +431,9 @@ def validate_manifest() -> ManifestValidator:
     """`validate_manifest(obj)`: check one Kubernetes object offline (see ManifestValidator)."""
     crd_dir = _crd_dir()
     if crd_dir is None:
-        message = (
+        missing(
             "CRD schemas not found: set FMSTACK_CRDS or keep ../shared/crds next to the checkout"
         )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
     return ManifestValidator(crd_dir)
 
 
@@ -441,10 +445,7 @@ def _tool(name: str) -> str:
 
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
-        message = f"{name} is not installed (make setup puts it in the venv)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{name} is not installed (make setup puts it in the venv)")
     return found
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import prometheus_servers, tiny_recipe
+from tests.conftest import missing, prometheus_servers, tiny_recipe
 from training import parse_recipe, read_manifest, run_pretraining, verify_files
 from training.models import build_model
 
@@ -89,7 +89,7 @@ def _query(base: str, expr: str) -> list[dict]:
 def test_training_step_and_loss_reach_a_real_prometheus(causal_runs):
     base = causal_runs.prometheus
     if base is None:
-        pytest.skip("prometheus is not installed (make setup installs Debian's package)")
+        missing("prometheus is not installed (make setup installs Debian's package)")
 
     # Ray drops a worker's series once it exits, so ask for the largest value Prometheus
     # scraped (every second) over a range covering both runs and the wait below.
