@@ -348,8 +348,9 @@ def prometheus(tmp_path: Path):
 
 # ---------------------------------------------------------------- Kubernetes manifests, offline
 
-# The Kubernetes versions the chart and samples are checked against (kubernetes-validate's schemas).
-KUBERNETES_VERSIONS = ("1.33.0", "1.37.0")
+# The Kubernetes versions the chart and samples are checked against (kubernetes-validate's
+# schemas): the oldest the chart's kubeVersion admits, one between, and the newest.
+KUBERNETES_VERSIONS = ("1.29.0", "1.33.0", "1.37.0")
 
 
 def _crd_dir() -> Path | None:

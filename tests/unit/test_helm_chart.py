@@ -283,6 +283,18 @@ def test_api_keys_are_generated_and_reach_ray_only_by_secret_reference(
             assert ref == {"name": f"{FULLNAME}-api-keys", "key": key}, where
 
 
+def test_object_storage_registry_reaches_a_user_serve_config_without_args(
+    helm: str, tmp_path: Path
+) -> None:
+    own = "applications:\n  - name: fmstack\n    import_path: serving.app:build_app\n"
+    values = tmp_path / "serve.yaml"
+    values.write_text(yaml.safe_dump({"serve": {"config": own}}))
+    objects = render(helm, *scenario_args("s3-storage"), "-f", str(values))
+    assert serve_config(objects)["applications"][0]["args"] == {
+        "registry": "s3://fmstack-models/registry"
+    }
+
+
 def test_an_existing_api_key_secret_is_referenced_not_created(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
