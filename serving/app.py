@@ -79,6 +79,7 @@ api = FastAPI(
     responses={
         400: {"model": ErrorResponse},
         401: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
         503: {"model": ErrorResponse},
     },
@@ -149,7 +150,16 @@ async def _unauthorized(_: Request, err: AuthError) -> JSONResponse:
 
 
 @api.exception_handler(RequestValidationError)
-async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+    content_type = request.headers.get("content-type", "")
+    if request.method == "POST" and "json" not in content_type:
+        # FastAPI reads a body of any other type as plain bytes, and then finds no object.
+        return _error(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {content_type or '(none)'}: send the body as JSON with "
+            "Content-Type: application/json",
+        )
     status, message, details = _validation_message(err)
     return _error(status, "invalid_request", message, details=details)
 

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _encodable(text: str) -> str:
+    # JSON's \ud800-style escapes can carry lone surrogates, which no tokenizer can encode.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = f"U+{ord(text[err.start]):04X}"
+        raise ValueError(f"not valid Unicode: a lone surrogate {bad} at {err.start}") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class _Request(BaseModel):
@@ -12,14 +25,14 @@ class _Request(BaseModel):
 
 
 class ClassifyRequest(_Request):
-    texts: list[str] = Field(min_length=1, examples=[["A gripping, beautifully acted film."]])
+    texts: list[Text] = Field(min_length=1, examples=[["A gripping, beautifully acted film."]])
     """Texts to classify."""
     model: str | None = Field(default=None, examples=["auto"])
     """A variant name (`full`, `distilled`, ...) or `auto` for the endpoint's routing policy."""
 
 
 class EmbedRequest(_Request):
-    texts: list[str] = Field(min_length=1)
+    texts: list[Text] = Field(min_length=1)
     """Texts to embed."""
     model: str | None = None
     """A variant name or `auto`."""
@@ -28,7 +41,7 @@ class EmbedRequest(_Request):
 
 
 class GenerateRequest(_Request):
-    prompt: str = Field(min_length=1)
+    prompt: Text = Field(min_length=1)
     """The text to continue."""
     max_new_tokens: int = Field(default=64, ge=1)
     """Tokens to generate at most."""
@@ -36,11 +49,11 @@ class GenerateRequest(_Request):
     """0 decodes greedily; higher samples more freely."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     """Nucleus sampling mass."""
-    stop: list[str] = Field(default_factory=list, max_length=8)
+    stop: list[Text] = Field(default_factory=list, max_length=8)
     """Strings that end generation (not included in the text)."""
     stream: bool = False
     """Send tokens as server-sent events as they are generated."""
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     """Seed for sampling, for reproducible answers."""
     model: str | None = None
     """A variant name or `auto`."""

@@ -323,6 +323,10 @@ def test_weighted_split_lands_within_tolerance(served):
         ("/v1/classify", {"texts": ["a"], "temperature": 1}, None, 422, "invalid_request"),
         ("/v1/classify", None, b'{"texts": ["a",', 400, "invalid_request"),
         ("/v1/classify", None, b'{"texts": ["\xff\xfe"]}', 400, "invalid_request"),
+        ("/v1/classify", None, b'{"texts": ["a \\ud800"]}', 422, "invalid_request"),
+        ("/v1/embed", None, b'{"texts": ["\\udfff"]}', 422, "invalid_request"),
+        ("/v1/generate", None, b'{"prompt": "hi", "stop": ["\\ud83d"]}', 422, "invalid_request"),
+        ("/v1/generate", {"prompt": "hi", "seed": 2**70}, None, 422, "invalid_request"),
         ("/v1/generate", {"prompt": "hi", "model": "full"}, None, 400, "wrong_task"),
         ("/v1/generate", {"prompt": "hi", "max_new_tokens": 65}, None, 422, "invalid_request"),
         ("/v1/generate", {"prompt": "hi", "top_p": 0}, None, 422, "invalid_request"),
@@ -333,6 +337,19 @@ def test_bad_input_gets_a_4xx_that_says_what_to_fix(served, path, body, raw, sta
     got, _, answer = request(served["base"], path, body, raw=raw)
     assert got == status, answer
     assert answer["error"]["type"] == kind and answer["error"]["message"]
+
+
+def test_a_body_that_is_not_json_by_its_type_is_a_415(served):
+    req = urllib.request.Request(
+        served["base"] + "/v1/classify", data=b'{"texts": ["a"]}', method="POST"
+    )
+    req.add_header("Content-Type", "text/plain")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=30)
+    assert refused.value.code == 415
+    answer = json.loads(refused.value.read())
+    assert answer["error"]["type"] == "unsupported_media_type"
+    assert "application/json" in answer["error"]["message"]
 
 
 def test_over_capacity_is_a_503_with_retry_after(served):

@@ -404,3 +404,18 @@ def test_server_faults_answer_in_the_error_shape():
     assert json.loads(response.body) == {
         "error": {"type": "internal_error", "message": "RuntimeError: no model loaded"}
     }
+
+
+def test_requests_refuse_text_no_tokenizer_can_encode_and_seeds_out_of_range():
+    from pydantic import ValidationError
+
+    from serving.schemas import ClassifyRequest, GenerateRequest
+
+    # FastAPI parses the body with `json`, which lets `\ud800`-style escapes through.
+    with pytest.raises(ValidationError, match="lone surrogate U\\+D800 at 2"):
+        ClassifyRequest.model_validate(json.loads('{"texts": ["ok", "a \\ud800"]}'))
+    with pytest.raises(ValidationError, match="lone surrogate"):
+        GenerateRequest.model_validate(json.loads('{"prompt": "hi", "stop": ["\\udfff"]}'))
+    with pytest.raises(ValidationError, match="seed"):
+        GenerateRequest.model_validate({"prompt": "hi", "seed": 2**64})
+    assert ClassifyRequest.model_validate(json.loads('{"texts": ["caf\\u00e9 \\ud83d\\ude00"]}'))
