@@ -14,6 +14,7 @@ from cluster.registry import (
     RegistryError,
     default_root,
     is_model_ref,
+    parse_requirement,
 )
 
 if TYPE_CHECKING:
@@ -21,7 +22,13 @@ if TYPE_CHECKING:
 
 Job = TypeVar("Job", "PretrainConfig", "FinetuneConfig", "DistillConfig")
 
-__all__ = ["RegistryError", "register_export", "resolve_model", "resolve_start_model"]
+__all__ = [
+    "RegistryError",
+    "check_gates",
+    "register_export",
+    "resolve_model",
+    "resolve_start_model",
+]
 
 
 def resolve_model(ref: str, registry: str | None = None) -> str:
@@ -31,10 +38,24 @@ def resolve_model(ref: str, registry: str | None = None) -> str:
     return str(Registry(registry or default_root()).resolve(ref))
 
 
+def check_gates(cfg: Any) -> None:
+    """The recipe's promotion gates parse; a bad one would otherwise show only after training.
+    Raises `RecipeError` naming the key."""
+    from training import RecipeError
+
+    for gate in cfg.registry.require if cfg.registry is not None else []:
+        try:
+            parse_requirement(gate)
+        except ValueError as err:
+            raise RecipeError(f"registry.require: {err}") from None
+
+
 def resolve_start_model(cfg: Job) -> tuple[Job, dict[str, Any] | None]:
-    """Replace a `models:/` base model or teacher in a recipe by its verified directory, and
-    say which registry version it was (for the new model's lineage)."""
+    """Check the recipe's promotion gates, then replace a `models:/` base model or teacher by its
+    verified directory, and say which registry version it was (for the new model's lineage)."""
     from training import FinetuneConfig
+
+    check_gates(cfg)
 
     if isinstance(cfg, FinetuneConfig):
         ref = cfg.model.base

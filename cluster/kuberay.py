@@ -27,6 +27,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import typer
 import yaml
 
+from cluster.handover import check_gates
 from cluster.registry import (
     REGISTRY_ENV,
     ModelRef,
@@ -488,13 +489,17 @@ def validate_recipe(recipe: dict[str, Any], kind: JobKind, source: str) -> Any:
 
     if kind not in JOB_KINDS:
         raise RecipeError(f"unknown job kind {kind!r}: use one of {', '.join(JOB_KINDS)}")
+    cfg: Any
     if kind == "pretrain" or (kind == "distill" and recipe.get("objective") == "causal_lm"):
         if kind == "distill" and "distillation" not in recipe:
             raise RecipeError(f"{source}: a distill recipe needs a distillation section")
-        return parse_recipe(recipe, source, PretrainConfig)
-    if kind == "finetune":
-        return parse_recipe(recipe, source, FinetuneConfig)
-    return parse_recipe(recipe, source, DistillConfig)
+        cfg = parse_recipe(recipe, source, PretrainConfig)
+    elif kind == "finetune":
+        cfg = parse_recipe(recipe, source, FinetuneConfig)
+    else:
+        cfg = parse_recipe(recipe, source, DistillConfig)
+    check_gates(cfg)
+    return cfg
 
 
 def job_name(recipe: Mapping[str, Any], source: str) -> str:

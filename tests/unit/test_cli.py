@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from typer.testing import CliRunner
 
@@ -86,3 +88,21 @@ def test_serve_up_refuses_a_bad_config_before_touching_a_cluster(tmp_path):
     )
     result = CliRunner().invoke(app, ["serve", "up", "-c", str(config)])
     assert result.exit_code == 2 and "variants.full.model" in result.output
+
+
+def test_a_bad_promotion_gate_is_refused_before_any_training(tmp_path, monkeypatch):
+    import ray
+    import yaml
+
+    def never(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(ray, "init", never)
+    root = Path(__file__).resolve().parents[2]
+    recipe = yaml.safe_load((root / "configs/finetune/minilm-rotten-tomatoes.yaml").read_text())
+    recipe["registry"]["require"] = ["accuracy>>0.8"]
+    path = tmp_path / "finetune.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(app, ["finetune", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "registry.require: bad requirement 'accuracy>>0.8'" in result.output

@@ -467,6 +467,11 @@ def test_bad_recipe_exits_2_before_any_api_call(cli: FakeKube, tmp_path: Path) -
     result = run("submit", str(bad))
     assert result.exit_code == 2
     assert "global_batch_size" in result.stderr and "Traceback" not in result.output
+    recipe = yaml.safe_load((ROOT / "configs/distill/minilm-student.yaml").read_text())
+    recipe["registry"]["require"] = ["accuracy=0.9"]
+    bad.write_text(yaml.safe_dump(recipe))
+    result = run("submit", str(bad))
+    assert result.exit_code == 2 and "registry.require: bad requirement" in result.stderr
     assert cli.calls == []
 
 
