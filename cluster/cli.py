@@ -139,9 +139,9 @@ def evaluate(
     split: Annotated[
         str, typer.Option(help="Split of the first model's data recipe: test or validation")
     ] = "test",
-    threads: Annotated[int, typer.Option(help="Torch threads for every model")] = 2,
+    threads: Annotated[int, typer.Option(min=1, help="Torch threads for every model")] = 2,
     max_examples: Annotated[
-        int | None, typer.Option(help="Evaluate at most this many examples")
+        int | None, typer.Option(min=1, help="Evaluate at most this many examples")
     ] = None,
     output: Annotated[Path | None, typer.Option(help="Write the results as JSON here")] = None,
 ) -> None:

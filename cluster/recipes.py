@@ -14,5 +14,12 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, object]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"--set {pair!r}: expected KEY=VALUE, e.g. train.max_steps=50")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or "not valid YAML"
+            raise typer.BadParameter(
+                f"--set {pair!r}: the value is {problem}; quote it if it is text, e.g. "
+                f"--set '{key.strip()}=\"{value}\"'"
+            ) from None
     return overrides

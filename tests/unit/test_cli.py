@@ -106,3 +106,15 @@ def test_a_bad_promotion_gate_is_refused_before_any_training(tmp_path, monkeypat
     result = CliRunner().invoke(app, ["finetune", "--config", str(path)])
     assert result.exit_code == 2
     assert "registry.require: bad requirement 'accuracy>>0.8'" in result.output
+
+
+def test_bad_option_values_are_usage_errors_not_tracebacks():
+    for args, problem in (
+        (["pretrain", "--config", "configs/pretrain/gpt2-demo.yaml", "--set", "a.b=[1"], "--set"),
+        (["eval", "minilm", "--threads", "0"], "--threads"),
+        (["eval", "minilm", "--max-examples", "0"], "--max-examples"),
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert problem in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
