@@ -540,21 +540,15 @@ class Ingress:
             raise self._replica_unavailable(variant) from None
 
     def _replica_unavailable(self, variant: str) -> ApiError:
-        retry = self.config.limits.retry_after_s
-        return ApiError(
-            503,
-            "replica_unavailable",
-            f"{ReplicaLost(variant)}; retry in {retry} s",
-            headers={"Retry-After": str(retry)},
-        )
+        return self._retry_later("replica_unavailable", str(ReplicaLost(variant)))
 
     def _over_capacity(self, variant: str) -> ApiError:
+        return self._retry_later("over_capacity", f"variant '{variant}' is at capacity")
+
+    def _retry_later(self, kind: str, why: str) -> ApiError:
         retry = self.config.limits.retry_after_s
         return ApiError(
-            503,
-            "over_capacity",
-            f"variant '{variant}' is at capacity; retry in {retry} s",
-            headers={"Retry-After": str(retry)},
+            503, kind, f"{why}; retry in {retry} s", headers={"Retry-After": str(retry)}
         )
 
 
