@@ -33,7 +33,6 @@ NamespaceOption = Annotated[
         "--namespace", "-n", help="Namespace (default: the kubeconfig context's, or the pod's)"
     ),
 ]
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NameArgument = Annotated[str, typer.Argument(help="RayJob name, as `submit` prints it")]
 
 
@@ -83,6 +82,9 @@ def _kuberay(namespace: str | None) -> KubeRay:
 
 def _dump(objects: list[dict[str, Any]]) -> None:
     typer.echo(kuberay.to_yaml(objects), nl=False)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _pod_access(env: list[str], secret_env: list[str], service_account: str | None) -> PodAccess:

@@ -38,6 +38,7 @@ from cluster.registry import (
     parse_ref,
     parse_requirement,
 )
+from training.storage import is_uri
 
 __all__ = [
     "API_KEYS_SECRET",
@@ -537,7 +538,7 @@ def _storage_override(recipe: Mapping[str, Any], overrides: Sequence[str]) -> li
     if any(o.partition("=")[0].strip() == "checkpoint.storage_path" for o in overrides):
         return []
     path = str((recipe.get("checkpoint") or {}).get("storage_path") or "runs")
-    if "://" in path or path.startswith("/"):
+    if is_uri(path) or path.startswith("/"):
         return []
     return [f"checkpoint.storage_path={RUNS_DIR}"]
 
@@ -546,7 +547,7 @@ def _check_object_storage(cfg: Any, access: PodAccess | None) -> None:
     """Without the shared volume, a job's runs and registered models must go to object storage:
     the pods' own disks vanish with the cluster."""
     runs = str(cfg.checkpoint.storage_path)
-    if "://" not in runs:
+    if not is_uri(runs):
         raise ValueError(
             f"checkpoint.storage_path {runs!r} is inside the job's pods and goes away with them; "
             "without --claim, set an object-storage path (--set "
@@ -556,7 +557,7 @@ def _check_object_storage(cfg: Any, access: PodAccess | None) -> None:
     if registry is None:
         return
     root = registry.root or (access.registry() if access else None)
-    if not root or "://" not in root:
+    if not root or not is_uri(root):
         raise ValueError(
             f"the registry {root or '(default)'} is inside the job's pods and goes away with "
             f"them; without --claim, pass --env {REGISTRY_ENV}=s3://bucket/registry (or set "
@@ -1076,7 +1077,7 @@ def _registry_root(configured: str | None, service: str) -> str:
     refused: promoting in another registry would pin a version the replicas cannot find."""
     if not configured:
         return default_root()
-    if "://" in configured or Path(configured).is_dir():
+    if is_uri(configured) or Path(configured).is_dir():
         return configured
     raise ServiceConfigError(
         f"RayService {service} serves models from the registry {configured}, which this machine "
