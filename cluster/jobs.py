@@ -147,10 +147,12 @@ def submit(
         if config is not None:
             import yaml
 
+            from cluster.handover import check_gates
             from training import RecipeError, load_recipe
 
             try:
                 cfg = load_recipe(config, parse_overrides(overrides))
+                check_gates(cfg)
             except RecipeError as err:
                 say(f"[red]{escape(str(err))}[/red]", err=True)
                 raise typer.Exit(2) from None

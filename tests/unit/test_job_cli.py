@@ -57,6 +57,16 @@ def test_bad_override_exits_2_without_contacting_a_cluster(
     assert "train.max_steps" in result.stderr
 
 
+def test_bad_promotion_gate_exits_2_without_contacting_a_cluster(
+    no_cluster: None, tmp_path: Path, recipe_factory: Any
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(recipe_factory(registry={"name": "lm", "require": ["loss<<2"]})))
+    result = run("submit", "--config", str(bad), "--address", UNREACHABLE)
+    assert result.exit_code == 2, result.output
+    assert "registry.require: bad requirement 'loss<<2'" in result.stderr
+
+
 def test_missing_recipe_exits_2(no_cluster: None, tmp_path: Path) -> None:
     result = run("submit", "--config", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 2
