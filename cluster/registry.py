@@ -527,10 +527,10 @@ class Registry:
     def rollback(self, name: str, alias: str = "production") -> ModelVersion:
         """Point `alias` back at the version it named before the latest promotion."""
         _check_alias(alias)
+        self.get(ModelRef(name))  # an unknown model gets its own message, and no lock file
         with self._alias_lock(name):
             state = self._read_json(self._alias_path(name, alias))
             if state is None:
-                self.get(ModelRef(name))  # an unknown model gets its own message
                 raise ModelNotFoundError(f"{name} has no alias {alias!r} to roll back")
             history: list[int] = list(state.get("history", []))
             if len(history) < 2:

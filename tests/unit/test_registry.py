@@ -159,6 +159,10 @@ def test_register_resolve_and_list(registry: Registry, export: Path, tmp_path: P
 def test_unknown_models_versions_and_aliases_are_named(registry: Registry, export: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="no model named 'sst2'"):
         registry.get("sst2")
+    for change in (lambda: registry.rollback("sst2"), lambda: registry.promote("sst2", 1)):
+        with pytest.raises(ModelNotFoundError, match="no model named 'sst2'"):
+            change()
+    assert not (Path(registry.root) / "sst2").exists()  # a failed command leaves no trace
     registry.register(export, "sst2")
     with pytest.raises(ModelNotFoundError, match=r"no version 7 \(versions: 1\)"):
         registry.get("sst2@7")
