@@ -92,6 +92,15 @@ def source_files(src: SourceConfig) -> list[Path]:
     return sorted(p.parent.glob(p.name))
 
 
+def read_paths(src: SourceConfig) -> str | list[str]:
+    """What Ray Data reads for a user source: its path (a file, directory or URI), or the files
+    a local glob matches, since Ray Data does not expand globs."""
+    assert src.path is not None
+    if is_uri(src.path) or Path(src.path).exists():
+        return src.path
+    return [str(f) for f in source_files(src)]
+
+
 def dataset_fingerprint(cfg: DataConfig) -> str:
     """A hash of what was read: source descriptions and, for local files, their bytes."""
     digest = hashlib.sha256()
@@ -123,14 +132,15 @@ def read_source(src: SourceConfig, limit: int | None) -> ray.data.Dataset:
     if src.path is None:
         return ray.data.from_items([{TEXT: t} for t in packaged_documents(src.kind, limit)])
     ds: ray.data.Dataset
+    paths = read_paths(src)
     if src.kind == "text":
-        ds = ray.data.read_text(src.path)
+        ds = ray.data.read_text(paths)
     elif src.kind == "jsonl":
-        ds = ray.data.read_json(src.path, lines=True)
+        ds = ray.data.read_json(paths, lines=True)
     elif src.kind == "csv":
-        ds = ray.data.read_csv(src.path)
+        ds = ray.data.read_csv(paths)
     else:
-        ds = ray.data.read_parquet(src.path, columns=[src.text_column])
+        ds = ray.data.read_parquet(paths, columns=[src.text_column])
     if src.kind != "text":
         if src.text_column not in ds.columns():
             raise DataSourceError(

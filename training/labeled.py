@@ -21,7 +21,7 @@ import pandas as pd
 
 from training.assets import ROTTEN_TOMATOES, require
 from training.config import LabeledDataConfig, LabeledSourceConfig, SourceConfig
-from training.data import DataSourceError, _check_uri, source_files
+from training.data import DataSourceError, _check_uri, read_paths, source_files
 from training.storage import is_uri
 
 __all__ = [
@@ -113,12 +113,13 @@ def read_labeled(src: LabeledSourceConfig) -> pd.DataFrame:
 
     import ray.data
 
+    paths = read_paths(_as_source(src))
     if src.kind == "csv":
-        ds = ray.data.read_csv(src.path)
+        ds = ray.data.read_csv(paths)
     elif src.kind == "jsonl":
-        ds = ray.data.read_json(src.path, lines=True)
+        ds = ray.data.read_json(paths, lines=True)
     else:
-        ds = ray.data.read_parquet(src.path)
+        ds = ray.data.read_parquet(paths)
     return _labeled_frame(ds.to_pandas(), src.text_column, src.label_column)
 
 

@@ -92,3 +92,28 @@ def test_causal_lm_distillation_from_a_frozen_teacher(ray_cluster, tmp_path):
     student_tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
     assert student_tokenizer.get_vocab() == AutoTokenizer.from_pretrained(teacher_dir).get_vocab()
     assert result.metrics["step"] == 4
+
+
+def test_users_labeled_files_read_through_ray_data(ray_cluster, tmp_path):
+    """CSV (as a glob over two files), JSONL and Parquet give the same examples."""
+    import pandas as pd
+
+    from training.config import LabeledSourceConfig
+    from training.labeled import read_labeled
+
+    rows = pd.DataFrame({"review": [f"text {i}" for i in range(6)], "stars": [0, 1] * 3})
+    rows.iloc[:3].to_csv(tmp_path / "part-1.csv", index=False)
+    rows.iloc[3:].to_csv(tmp_path / "part-2.csv", index=False)
+    rows.to_json(tmp_path / "all.jsonl", orient="records", lines=True)
+    rows.to_parquet(tmp_path / "all.parquet")
+    expected = sorted(zip(rows["review"], rows["stars"].astype(str), strict=True))
+    for kind, path in (
+        ("csv", tmp_path / "part-*.csv"),
+        ("jsonl", tmp_path / "all.jsonl"),
+        ("parquet", tmp_path / "all.parquet"),
+    ):
+        src = LabeledSourceConfig(
+            kind=kind, path=str(path), text_column="review", label_column="stars"
+        )
+        frame = read_labeled(src)
+        assert sorted(zip(frame["text"], frame["label"], strict=True)) == expected, kind

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from training.assets import ROTTEN_TOMATOES, AssetMissingError, cache_dir
-from training.config import LabeledDataConfig, LabeledSourceConfig
-from training.data import DataSourceError
+from training.config import LabeledDataConfig, LabeledSourceConfig, SourceConfig
+from training.data import DataSourceError, read_paths
 from training.labeled import (
     _labeled_frame,
     check_labeled_source,
@@ -226,6 +226,16 @@ def test_missing_files_fail_before_ray_starts(tmp_path: Path):
     check_labeled_source(LabeledSourceConfig(kind="csv", path=str(tmp_path / "a.csv")))
     check_labeled_source(LabeledSourceConfig(kind="csv", path=str(tmp_path / "*.csv")))
     check_labeled_source(LabeledSourceConfig(kind="csv", path=str(tmp_path)))
+
+
+def test_ray_data_is_given_the_files_a_glob_matches(tmp_path: Path):
+    # Ray Data reads files, directories and URIs, but does not expand globs.
+    for name in ("b.csv", "a.csv", "notes.txt"):
+        (tmp_path / name).write_text("text,label\nx,1\n")
+    glob = SourceConfig(kind="csv", path=str(tmp_path / "*.csv"))
+    assert read_paths(glob) == [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
+    for path in (str(tmp_path / "a.csv"), str(tmp_path), "s3://bucket/data/*.csv"):
+        assert read_paths(SourceConfig(kind="csv", path=path)) == path
 
 
 def test_missing_packaged_set_says_how_to_fetch_it(tmp_path: Path, monkeypatch):
