@@ -3,6 +3,8 @@ job starts, and register (and gate-promote) its export when it ends."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
@@ -25,6 +27,7 @@ Job = TypeVar("Job", "PretrainConfig", "FinetuneConfig", "DistillConfig")
 __all__ = [
     "RegistryError",
     "check_gates",
+    "check_student_width",
     "register_export",
     "resolve_model",
     "resolve_start_model",
@@ -50,12 +53,64 @@ def check_gates(cfg: Any) -> None:
             raise RecipeError(f"registry.require: {err}") from None
 
 
+def check_student_width(cfg: Any) -> None:
+    """Hidden-state matching (`distillation.hidden_weight`) needs a student as wide as the
+    teacher, whose width only its config.json tells: `cfg.distillation.teacher` must already be
+    resolved (not a `models:/` reference). Raises `RecipeError` naming the keys; a teacher that
+    cannot be read is left to the job's preflight to report."""
+    from training import DistillConfig, RecipeError
+
+    if not isinstance(cfg, DistillConfig) or not cfg.distillation.hidden_weight:
+        return
+    width = cfg.student.hidden_size
+    if width is None:  # the teacher's own width
+        return
+    teacher = _hidden_size(cfg.distillation.teacher)
+    if teacher is not None and teacher != width:
+        raise RecipeError(
+            f"student.hidden_size ({width}) differs from the teacher's hidden size ({teacher}), "
+            "and distillation.hidden_weight matches their hidden states, which needs one width; "
+            "remove student.hidden_size (the student then has the teacher's width) or set "
+            "distillation.hidden_weight: 0"
+        )
+
+
+def _hidden_size(model: str) -> int | None:
+    """`hidden_size` from the config.json of a model directory, URI or packaged model; None
+    where there is none to read."""
+    from training.assets import PACKAGED_MODELS, cache_dir
+    from training.storage import is_uri, join
+
+    if model in PACKAGED_MODELS and not Path(model).exists():
+        model = str(cache_dir() / PACKAGED_MODELS[model])
+    config = join(model, "config.json")
+    try:
+        if is_uri(config):
+            import pyarrow.fs as pafs
+
+            fs, path = pafs.FileSystem.from_uri(config)
+            with fs.open_input_stream(path) as f:
+                text = f.read().decode()
+        else:
+            text = Path(config).expanduser().read_text()
+        return int(json.loads(text)["hidden_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def resolve_start_model(cfg: Job) -> tuple[Job, dict[str, Any] | None]:
     """Check the recipe's promotion gates, then replace a `models:/` base model or teacher by its
-    verified directory, and say which registry version it was (for the new model's lineage)."""
-    from training import FinetuneConfig
-
+    verified directory, and say which registry version it was (for the new model's lineage).
+    References resolve in the recipe's `registry.root`, else the default registry. A distill
+    recipe's student is then checked against its teacher (`check_student_width`)."""
     check_gates(cfg)
+    cfg, origin = _resolve_reference(cfg)
+    check_student_width(cfg)
+    return cfg, origin
+
+
+def _resolve_reference(cfg: Job) -> tuple[Job, dict[str, Any] | None]:
+    from training import FinetuneConfig
 
     if isinstance(cfg, FinetuneConfig):
         ref = cfg.model.base
@@ -65,7 +120,8 @@ def resolve_start_model(cfg: Job) -> tuple[Job, dict[str, Any] | None]:
         return cfg, None
     if not is_model_ref(ref):
         return cfg, None
-    registry = Registry(default_root())
+    root = cfg.registry.root if cfg.registry is not None else None
+    registry = Registry(root or default_root())  # the recipe's own registry first
     version = registry.get(ref)
     path = str(registry.resolve(version.ref))  # the version just read, even if the alias moves
     origin = {"registry": {"ref": ref, "version": version.ref, "root": registry.root}}

@@ -242,7 +242,8 @@ class RegistryConfig(_Config):
     """Registry model name; each job adds a new immutable version."""
     root: str | None = None
     """Registry root (a directory or s3://, gs:// URI); default `$FMSTACK_REGISTRY` or
-    `runs/registry`."""
+    `runs/registry`. The recipe's own `models:/` references (base model, teacher) resolve there
+    too."""
     alias: str | None = "candidate"
     """Alias pointed at the new version (e.g. `candidate`); none when null."""
     require: list[str] = []
@@ -276,7 +277,8 @@ class DistillationConfig(_Config):
     learns from labels alone (the baseline that distillation should beat)."""
     hidden_weight: float = Field(default=0.0, ge=0)
     """Weight of hidden-state matching (MSE between mapped student and teacher layers; the
-    student must have the teacher's width). Needs teacher_logits `in_worker`."""
+    student must have the teacher's width). Classifiers only; needs alpha above 0 and
+    teacher_logits `in_worker`."""
     teacher_logits: Literal["precomputed", "in_worker"] = "precomputed"
     """`precomputed`: the teacher labels the training set once with Ray Data batch inference
     before training (classification); `in_worker`: a frozen teacher runs in every worker."""
@@ -285,6 +287,12 @@ class DistillationConfig(_Config):
 
     @model_validator(mode="after")
     def _hidden_needs_teacher(self) -> DistillationConfig:
+        if self.hidden_weight > 0 and self.alpha == 0:
+            raise ValueError(
+                "distillation.hidden_weight: hidden-state matching is part of the teacher's loss, "
+                "which alpha 0 switches off (the student learns from labels alone); set alpha "
+                "above 0 or hidden_weight to 0"
+            )
         if self.hidden_weight > 0 and self.teacher_logits == "precomputed":
             raise ValueError(
                 "distillation.hidden_weight needs the teacher's hidden states: set "
@@ -414,6 +422,11 @@ class PretrainConfig(JobConfig):
                 raise ValueError(
                     "distillation.augment.copies is for classifiers; a causal student already "
                     "learns from the teacher on every token of the corpus: remove it"
+                )
+            if self.distillation.hidden_weight:
+                raise ValueError(
+                    "distillation.hidden_weight is for classifiers; a causal student learns from "
+                    "the teacher's logits alone: remove it or set it to 0"
                 )
         return self
 

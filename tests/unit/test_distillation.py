@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from transformers import BertConfig, BertForSequenceClassification
+from typer.testing import CliRunner
 
+from cluster import handover
+from cluster.cli import app
 from tests.conftest import tiny_classifier_recipe
-from training import DistillConfig, FinetuneConfig, RecipeError, parse_recipe
+from training import DistillConfig, FinetuneConfig, RecipeError, load_recipe, parse_recipe
 from training.classifier import default_student_layers, student_from_teacher
 from training.config import StudentConfig
 from training.objectives import distillation_loss, hidden_state_loss, soft_target_loss
@@ -175,6 +182,11 @@ def test_classifier_recipes_validate(tmp_path):
             "distillation.augment.copies: the copies are labeled by the teacher alone",
         ),
         ({"distillation": {"augment": {"copies": 17}}}, "distillation.augment.copies"),
+        (
+            {"distillation": {"alpha": 0, "hidden_weight": 1.0, "teacher_logits": "in_worker"}},
+            "distillation.hidden_weight: hidden-state matching is part of the teacher's loss, "
+            "which alpha 0 switches off",
+        ),
     ],
 )
 def test_bad_distill_recipes_name_the_key(tmp_path, sections, message):
@@ -201,3 +213,59 @@ def test_causal_distillation_uses_the_teachers_tokenizer(recipe_factory):
     recipe["distillation"]["teacher_logits"] = "precomputed"
     with pytest.raises(RecipeError, match="use 'in_worker'"):
         parse_recipe(recipe)
+
+
+def test_causal_distillation_refuses_hidden_state_matching():
+    recipe = Path(__file__).resolve().parents[2] / "configs/distill/smollm2-tiny.yaml"
+    with pytest.raises(RecipeError, match="distillation.hidden_weight is for classifiers"):
+        load_recipe(recipe, {"distillation.hidden_weight": 1.0})
+
+
+SCRATCH = {"init": "scratch", "num_layers": 1, "hidden_size": 16, "num_heads": 2}
+HIDDEN_STATES = {"hidden_weight": 1.0, "teacher_logits": "in_worker"}
+
+
+def _teacher_dir(tmp_path: Path, hidden_size: int) -> Path:
+    """As much of an exported teacher as the width check reads."""
+    path = tmp_path / f"teacher-{hidden_size}"
+    path.mkdir()
+    (path / "config.json").write_text(
+        json.dumps({"model_type": "bert", "hidden_size": hidden_size})
+    )
+    return path
+
+
+def test_hidden_state_matching_needs_the_teachers_width(tmp_path):
+    teacher = str(_teacher_dir(tmp_path, 32))
+    distillation = {"teacher": teacher, **HIDDEN_STATES}
+    cfg = parse_recipe(
+        _distill_recipe(tmp_path, distillation=distillation, student=SCRATCH), schema=DistillConfig
+    )
+    with pytest.raises(RecipeError) as err:
+        handover.resolve_start_model(cfg)
+    message = str(err.value)
+    assert "student.hidden_size (16) differs from the teacher's hidden size (32)" in message
+    assert "remove student.hidden_size" in message
+    assert "distillation.hidden_weight: 0" in message
+
+    # The teacher's width, or no hidden-state matching, go ahead.
+    for sections in (
+        {"distillation": distillation, "student": {**SCRATCH, "hidden_size": 32}},
+        {"distillation": {**distillation, "hidden_weight": 0}, "student": SCRATCH},
+        {"distillation": distillation, "student": {**SCRATCH, "hidden_size": None}},
+    ):
+        cfg = parse_recipe(_distill_recipe(tmp_path, **sections), schema=DistillConfig)
+        assert handover.resolve_start_model(cfg) == (cfg, None)
+
+
+def test_distill_cli_refuses_a_student_of_another_width_before_ray_starts(tmp_path):
+    # tests/unit/conftest.py makes ray.init raise, so exit code 2 proves Ray never started.
+    teacher = str(_teacher_dir(tmp_path, 32))
+    recipe = _distill_recipe(
+        tmp_path, distillation={"teacher": teacher, **HIDDEN_STATES}, student=SCRATCH
+    )
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(app, ["distill", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "student.hidden_size (16)" in result.output

@@ -9,6 +9,10 @@ import yaml
 from typer.testing import CliRunner
 
 from cluster.cli import app
+from cluster.handover import resolve_start_model
+from cluster.registry import Registry
+from tests.conftest import tiny_classifier_recipe
+from tests.unit.test_registry import make_export
 from training import (
     DistillConfig,
     FinetuneConfig,
@@ -142,6 +146,30 @@ def test_cli_refuses_missing_data_before_ray_starts(tmp_path, recipe_factory):
     result = CliRunner().invoke(app, ["pretrain", "--config", str(path)])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_a_recipes_models_resolve_in_its_own_registry(tmp_path, monkeypatch):
+    root = tmp_path / "team-registry"
+    Registry(root).register(make_export(tmp_path / "export"), "teacher")  # hidden_size 8
+    monkeypatch.setenv("FMSTACK_REGISTRY", str(tmp_path / "default-registry"))
+    registry = {"name": "student", "root": str(root)}
+    recipe = tiny_classifier_recipe(tmp_path, "models:/teacher@1", registry=registry)
+    cfg, origin = resolve_start_model(parse_recipe(recipe, schema=FinetuneConfig))
+    assert Path(cfg.model.base).is_relative_to(root)
+    assert origin == {
+        "registry": {"ref": "models:/teacher@1", "version": "teacher@1", "root": str(root)}
+    }
+
+    # A teacher resolves there too, before the student is checked against its width.
+    del recipe["model"]
+    recipe["distillation"] = {
+        "teacher": "models:/teacher@1",
+        "hidden_weight": 1.0,
+        "teacher_logits": "in_worker",
+    }
+    recipe["student"] = {"init": "scratch", "num_layers": 1, "hidden_size": 16, "num_heads": 2}
+    with pytest.raises(RecipeError, match=r"the teacher's hidden size \(8\)"):
+        resolve_start_model(parse_recipe(recipe, schema=DistillConfig))
 
 
 # Job recipes; serving configs (configs/serve) are validated in test_serving_policies.py.
