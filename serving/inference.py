@@ -66,7 +66,9 @@ class Generation:
     """Token-by-token decoding with a KV cache; `step()` returns the next piece of text.
 
     Pieces are differences of the decoded text, so multi-byte characters arrive whole. A stop
-    string ends generation and is cut from the text.
+    string ends generation and is cut from the text. Text that may still change (the start of
+    a stop string, an incomplete character) is held back until it is settled, so the pieces
+    always join to `text`.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class Generation:
         self._past: Any = None
         self._generated: list[int] = []
         self._text = ""
+        self._sent = 0  # how much of `_text` the pieces returned so far cover
         self._max_new_tokens = max_new_tokens
         self._temperature = temperature
         self._top_p = top_p
@@ -106,29 +109,43 @@ class Generation:
 
     @torch.no_grad()
     def step(self) -> str:
-        """Generate one token; the new text (possibly empty). Sets `finish_reason` at the end."""
+        """Generate one token; the new text (possibly empty). Sets `finish_reason` at the end,
+        and that step returns all that was held back."""
         if self.finish_reason:
             return ""
         out = self._loaded.model(input_ids=self._ids, cache=self._past, use_cache=True)
         self._past = out.cache
         token = _sample(out.logits[0, -1], self._temperature, self._top_p, self._gen)
-        eos = self._loaded.tokenizer.eos_token_id
-        if token == eos:
+        if token == self._loaded.tokenizer.eos_token_id:
             self.finish_reason = "stop"
-            return ""
-        self._generated.append(token)
-        self._ids = torch.tensor([[token]])
-        full = self._loaded.tokenizer.decode(self._generated, skip_special_tokens=True)
-        for s in self._stop:
-            cut = full.find(s)
-            if cut >= 0:
-                full = full[:cut]
-                self.finish_reason = "stop"
-        piece = full[len(self._text) :] if full.startswith(self._text) else ""
-        self._text = full
-        if not self.finish_reason and len(self._generated) >= self._max_new_tokens:
-            self.finish_reason = "length"
+        else:
+            self._generated.append(token)
+            self._ids = torch.tensor([[token]])
+            full = self._loaded.tokenizer.decode(self._generated, skip_special_tokens=True)
+            for s in self._stop:
+                cut = full.find(s)
+                if cut >= 0:
+                    full = full[:cut]
+                    self.finish_reason = "stop"
+            self._text = full
+            if not self.finish_reason and len(self._generated) >= self._max_new_tokens:
+                self.finish_reason = "length"
+        # Once finished nothing more can change, so the held-back text is part of the answer.
+        settled = len(self._text) - (0 if self.finish_reason else self._unsettled(self._text))
+        piece = self._text[self._sent : settled]
+        self._sent += len(piece)
         return piece
+
+    def _unsettled(self, text: str) -> int:
+        """How many trailing characters of `text` the next token may still change: the longest
+        suffix that begins a stop string (it may complete to one and be cut), else any
+        trailing U+FFFD (a multi-byte character whose last bytes have not arrived)."""
+        incomplete = len(text) - len(text.rstrip("\ufffd"))
+        longest = max((len(s) for s in self._stop), default=0)
+        for n in range(min(len(text), longest), incomplete, -1):
+            if any(s.startswith(text[-n:]) for s in self._stop):
+                return n
+        return incomplete
 
     def __iter__(self) -> Iterator[str]:
         while not self.finish_reason:
