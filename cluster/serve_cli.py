@@ -198,7 +198,8 @@ def promote(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the replicas")] = 300,
 ) -> None:
     """Move the variant's registry alias to VERSION (gated on metrics) and reload its running
-    replicas in place: the new model loads beside the old, then takes over."""
+    replicas in place: the new model loads beside the old, then takes over. With auth on, the
+    replicas are watched with $FMSTACK_API_KEY."""
     from serving import parse_serve_config, running_serve_config, with_pinned_version
     from training import RecipeError, load_model
 
@@ -216,6 +217,9 @@ def promote(
         _fail(f"application {application} was not deployed by fmstack: {err}", 2)
     if variant not in cfg.variants:
         _fail(f"unknown variant {variant}; {application} has {', '.join(cfg.variants)}", 2)
+    if cfg.auth.enabled and not (os.environ.get("FMSTACK_API_KEY") or "").strip():
+        # Checked before anything moves: the promotion is watched through /v1/models.
+        _fail(f"{application} has auth on: set FMSTACK_API_KEY to one of its API keys", 2)
     ref = cfg.variants[variant].model
     if not is_model_ref(ref) or parse_ref(ref).alias is None:
         _fail(f"variant {variant} serves {ref}, not a registry alias (models:/name@alias)", 2)
@@ -409,6 +413,13 @@ def _wait_for_version(base: str, variant: str, name: str, number: int, timeout: 
     while time.monotonic() < deadline:
         try:
             info = _call_api(f"{base}/v1/models")["variants"][variant]
+        except urllib.error.HTTPError as err:
+            if err.code in (401, 403):
+                _fail(
+                    f"{base}/v1/models refused the key ({err.code}): set FMSTACK_API_KEY to an "
+                    "API key of the application to watch the promotion"
+                )
+            info = {}
         except (urllib.error.URLError, OSError, KeyError, ValueError):
             info = {}
         if info.get("version") == version:

@@ -118,3 +118,32 @@ def test_bad_option_values_are_usage_errors_not_tracebacks():
         assert result.exit_code == 2, result.output
         assert problem in result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_serve_promote_with_auth_on_needs_a_key_before_anything_moves(monkeypatch, tmp_path):
+    from cluster import serve_cli
+    from serving import parse_serve_config, serve_config
+
+    cfg = parse_serve_config(
+        {
+            "variants": {"full": {"model": "models:/sentiment@production"}},
+            "registry": str(tmp_path / "registry"),
+            "auth": {"enabled": True},
+        }
+    )
+    app_config = serve_config(cfg)["applications"][0]
+    deploys: list[dict] = []
+
+    class RunningServe:
+        def details(self) -> dict:
+            return {"applications": {"fmstack": {"deployed_app_config": app_config}}}
+
+        def deploy(self, config: dict) -> None:
+            deploys.append(config)
+
+    monkeypatch.setattr(serve_cli, "_client", lambda address: RunningServe())
+    monkeypatch.delenv("FMSTACK_API_KEY", raising=False)
+    result = CliRunner().invoke(app, ["serve", "promote", "full", "2"])
+    assert result.exit_code == 2, result.output
+    assert "auth on: set FMSTACK_API_KEY" in result.output
+    assert deploys == [] and not (tmp_path / "registry").exists()
