@@ -24,7 +24,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving import metrics, routing
 from serving.auth import AuthError, Keys
-from serving.config import RouteConfig, ServeConfig, VariantConfig, parse_serve_config
+from serving.config import (
+    LimitsConfig,
+    RouteConfig,
+    ServeConfig,
+    VariantConfig,
+    parse_serve_config,
+)
 from serving.model_server import ModelServer
 from serving.schemas import (
     ClassifyRequest,
@@ -39,6 +45,8 @@ from serving.schemas import (
 )
 
 INGRESS = "Ingress"
+INFO_TIMEOUT_S = 5.0
+"""How long `/readyz` and `/v1/models` wait for a variant's replica to describe itself."""
 REPLICA_ATTEMPTS = 3
 """Tries of a model call whose replica dies or becomes unreachable while answering it."""
 
@@ -247,12 +255,18 @@ class Ingress:
 
     @api.get("/readyz", tags=["health"], responses={503: {"model": ErrorResponse}})
     async def readyz(self) -> JSONResponse:
-        """Every variant has a model loaded."""
-        infos = await self._infos()
+        """Every variant has a model loaded; variants that scale to zero load on demand and are
+        not asked, so that probes do not keep them awake."""
+        on_demand = [
+            name for name, v in self.config.variants.items() if v.autoscaling.min_replicas == 0
+        ]
+        infos = await self._infos([v for v in self.config.variants if v not in on_demand])
         missing = [v for v, info in infos.items() if not info.get("loaded")]
         if missing:
             return _error(503, "not_ready", f"variants not loaded: {', '.join(missing)}")
-        return JSONResponse({"status": "ready", "variants": sorted(infos)})
+        return JSONResponse(
+            {"status": "ready", "variants": sorted(infos), "on_demand": sorted(on_demand)}
+        )
 
     @api.get("/v1/models", tags=["models"])
     async def list_models(self, authorization: AuthHeader = None) -> dict[str, Any]:
@@ -268,17 +282,25 @@ class Ingress:
             "shadow": self.shadow_stats,
         }
 
-    async def _infos(self) -> dict[str, dict[str, Any]]:
+    async def _infos(self, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """What each variant's replica reports (all variants by default). A variant without a
+        live replica does not hold the answer up: it is reported as not loaded."""
+
         async def one(variant: str) -> dict[str, Any]:
             try:
-                info = await self.models[variant].info.remote()
+                info = await asyncio.wait_for(
+                    self.models[variant].info.remote(), timeout=INFO_TIMEOUT_S
+                )
+            except TimeoutError:
+                why = f"no replica answered within {INFO_TIMEOUT_S:g} s (starting or scaled to 0)"
+                return {"variant": variant, "loaded": False, "last_error": why}
             except Exception as err:  # noqa: BLE001 - reported, not raised
                 return {"variant": variant, "loaded": False, "last_error": str(err)}
             if info.get("task"):
                 self.tasks[variant] = info["task"]
             return info
 
-        names = list(self.config.variants)
+        names = list(self.config.variants) if names is None else names
         results = await asyncio.gather(*(one(v) for v in names))
         return dict(zip(names, results, strict=True))
 
@@ -405,25 +427,9 @@ class Ingress:
         """Continue a prompt; with `stream: true`, tokens arrive as server-sent events
         (`data: {"token": ...}`), then one `event: done` with the whole answer."""
         self.keys.check(authorization, admin=False)
-        limits = self.config.limits
-        if len(body.prompt) > limits.max_text_chars:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"prompt: {len(body.prompt)} characters, at most {limits.max_text_chars}; "
-                "shorten it",
-            )
-        if body.max_new_tokens > limits.max_new_tokens:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"max_new_tokens: at most {limits.max_new_tokens}, got {body.max_new_tokens}",
-            )
+        request = generation_request(body, self.config.limits)
         route = self._route("generate")
         variant = await self._pick(route, body.model, "causal_lm", "generate")
-        request = body.model_dump(
-            include={"prompt", "max_new_tokens", "temperature", "top_p", "stop", "seed"}
-        )
         if not body.stream:
             answer = await self._call(variant, "generate", request)
             response.headers[VARIANT_HEADER] = variant
@@ -590,20 +596,53 @@ def deployment_options(config: ServeConfig, variant: str) -> dict[str, Any]:
         "autoscaling_config": autoscaling,
         "max_ongoing_requests": v.max_ongoing_requests,
         "max_queued_requests": v.max_queued_requests,
-        "ray_actor_options": {
-            "num_cpus": v.num_cpus,
-            "num_gpus": v.num_gpus,
-            "runtime_env": {"env_vars": dict(MODEL_REPLICA_ENV)},
-        },
+        "ray_actor_options": _actor_options(v),
         "user_config": user_config(v),
         "health_check_period_s": 5,
     }
 
 
+def generation_request(body: GenerateRequest, limits: LimitsConfig) -> dict[str, Any]:
+    """What a model replica is asked to generate, within the configured limits."""
+    if len(body.prompt) > limits.max_text_chars:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"prompt: {len(body.prompt)} characters, at most {limits.max_text_chars}; shorten it",
+        )
+    max_new_tokens = body.max_new_tokens
+    if "max_new_tokens" not in body.model_fields_set:
+        max_new_tokens = min(max_new_tokens, limits.max_new_tokens)  # a default never breaks it
+    if max_new_tokens > limits.max_new_tokens:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"max_new_tokens: at most {limits.max_new_tokens}, got {max_new_tokens}",
+        )
+    request = body.model_dump(include={"prompt", "temperature", "top_p", "stop", "seed"})
+    return {**request, "max_new_tokens": max_new_tokens}
+
+
+def _actor_options(variant: VariantConfig) -> dict[str, Any]:
+    extra = variant.ray_actor_options
+    options: dict[str, Any] = {
+        "num_cpus": variant.num_cpus,
+        "num_gpus": variant.num_gpus,
+        "runtime_env": {"env_vars": {**MODEL_REPLICA_ENV, **extra.env_vars}},
+    }
+    if extra.memory is not None:
+        options["memory"] = extra.memory
+    if extra.resources:
+        options["resources"] = dict(extra.resources)
+    if extra.accelerator_type is not None:
+        options["accelerator_type"] = extra.accelerator_type
+    return options
+
+
 def ingress_options(config: ServeConfig) -> dict[str, Any]:
     return {
         "name": INGRESS,
-        "num_replicas": 1,
+        "num_replicas": config.ingress_replicas,
         "max_ongoing_requests": 256,
         "ray_actor_options": {"num_cpus": config.ingress_cpus},
     }

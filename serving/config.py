@@ -62,6 +62,20 @@ class BatchingConfig(_Config):
     on GPUs)."""
 
 
+class ActorOptionsConfig(_Config):
+    """Ray actor options of a variant's replicas beyond CPUs and GPUs."""
+
+    memory: int | None = Field(default=None, gt=0)
+    """Bytes of memory reserved per replica, for Ray's scheduler."""
+    resources: dict[str, float] = {}
+    """Custom Ray resources per replica, e.g. {"inference-node": 1}."""
+    accelerator_type: str | None = None
+    """Only schedule on nodes with this accelerator (Ray's names, e.g. `H100`)."""
+    env_vars: dict[str, str] = {}
+    """Environment variables of the replica processes (e.g. object-storage settings for the
+    registry); secrets belong in the pod's environment, not here."""
+
+
 class VariantConfig(_Config):
     """One model deployment (`full`, `distilled`, ...)."""
 
@@ -80,6 +94,8 @@ class VariantConfig(_Config):
     """CPUs reserved per replica (fractions allowed)."""
     num_gpus: float = Field(default=0.0, ge=0)
     """GPUs per replica."""
+    ray_actor_options: ActorOptionsConfig = ActorOptionsConfig()
+    """Memory, custom resources, accelerator type and environment of the replicas."""
     threads: int = Field(default=1, ge=1)
     """torch intra-op threads per replica."""
     dtype: Literal["float32", "bfloat16", "int8"] = "float32"
@@ -188,7 +204,11 @@ class ServeConfig(_Config):
     auth: AuthConfig = AuthConfig()
     """API keys."""
     ingress_cpus: float = Field(default=0.1, gt=0)
-    """CPUs reserved for the ingress replica."""
+    """CPUs reserved per ingress replica."""
+    ingress_replicas: int = Field(default=1, ge=1)
+    """Ingress replicas (HTTP, validation, routing); more than one keeps the API answering while
+    one restarts. Each counts its own shadow comparisons in `/v1/models`; the Prometheus series
+    add them up."""
 
     @model_validator(mode="after")
     def _routes_name_variants(self) -> ServeConfig:
@@ -203,6 +223,17 @@ class ServeConfig(_Config):
                 raise ValueError(
                     f"routes.{endpoint} names {', '.join(unknown)}, which is not among the "
                     f"variants ({', '.join(self.variants)})"
+                )
+            # Both compare class probabilities, which only classify has.
+            if endpoint != "classify" and route.policy == "cascade":
+                raise ValueError(
+                    f"routes.{endpoint}: policy cascade needs class probabilities and works on "
+                    "classify only; use fixed or weighted"
+                )
+            if endpoint != "classify" and route.shadow is not None:
+                raise ValueError(
+                    f"routes.{endpoint}.shadow: shadow traffic compares labels and works on "
+                    "classify only; remove it"
                 )
         return self
 

@@ -61,6 +61,26 @@ def load_served(ref: str, registry: str | None, version: int | None, dtype: str)
     return Served(loaded, ref, name, registry_version, time.time())
 
 
+def fallback_versions(ref: str, registry: str | None, failed: int | None) -> list[int]:
+    """What a starting replica may serve when version `failed` of `ref` does not load: the
+    version its alias names now, then those it named before, newest first."""
+    from cluster.registry import Registry, default_root, is_model_ref, parse_ref
+
+    if not is_model_ref(ref):
+        return []
+    parsed = parse_ref(ref)
+    if parsed.alias is None:
+        return []
+    reg = Registry(registry or default_root())
+    now = reg.aliases(parsed.name).get(parsed.alias)
+    before = [int(e["version"]) for e in reversed(reg.alias_history(parsed.name, parsed.alias))]
+    versions: list[int] = []
+    for version in (now, *before):
+        if version is not None and version != failed and version not in versions:
+            versions.append(version)
+    return versions
+
+
 def alias_target(ref: str, registry: str | None) -> int | None:
     """The version a `models:/name@alias` reference points at now; None for anything else."""
     from cluster.registry import Registry, default_root, is_model_ref, parse_ref
@@ -129,6 +149,7 @@ class ModelServer:
         self._watcher: asyncio.Task | None = None
         self._batches = 0
         self._batched_requests = 0
+        self._inference_seconds = 0.0
         self._batch_sizes: list[int] = []
         self._metrics = metrics.ModelMetrics(variant)
         self._classify_gate = BatchGate(self._classify_batch)
@@ -170,6 +191,9 @@ class ModelServer:
                 if wanted is None or wanted == current.registry_version:
                     return
                 version = wanted
+            elif version is None:
+                # The version the alias names, so that a failure is recorded against it.
+                version = await asyncio.to_thread(alias_target, ref, self.registry)
             key = f"{ref}#{version}"
             try:
                 served = await asyncio.to_thread(
@@ -186,10 +210,10 @@ class ModelServer:
                 self._metrics.load_failures.inc()
                 logger.error("variant %s: %s", self.variant, self._last_error)
                 if current is None:
-                    # A replica starting (an upscale, a restart) under a pinned version that does
-                    # not load serves what the alias names instead, as the running ones keep
-                    # their model: a bad pin never takes capacity away.
-                    fallback = await self._unpinned(ref, version)
+                    # A replica starting (an upscale, a restart) under a pin or an alias whose
+                    # version does not load serves the alias's latest version that does, as the
+                    # running replicas keep their model: a bad version never takes capacity away.
+                    fallback = await self._fallback(ref, version)
                     if fallback is None:
                         raise RuntimeError(self._last_error) from err
                     self._install(fallback)
@@ -198,20 +222,25 @@ class ModelServer:
             self._last_error = None
             self._install(served)
 
-    async def _unpinned(self, ref: str, version: int | None) -> Served | None:
-        """`ref` loaded as its alias names it now, when `version` pinned another; else None."""
-        if version is None:
-            return None
+    async def _fallback(self, ref: str, failed: int | None) -> Served | None:
+        """`ref` at the newest version its alias names or named that loads; None if none does."""
+        dtype = self._settings.get("dtype", "float32")
         try:
-            target = await asyncio.to_thread(alias_target, ref, self.registry)
-            if target is None or target == version:
-                return None
-            return await asyncio.to_thread(
-                load_served, ref, self.registry, None, self._settings.get("dtype", "float32")
-            )
-        except Exception as err:  # noqa: BLE001 - the pin's failure is the one reported
-            logger.error("variant %s: %s also failed: %s", self.variant, ref, err)
+            versions = await asyncio.to_thread(fallback_versions, ref, self.registry, failed)
+        except Exception as err:  # noqa: BLE001 - the first failure is the one reported
+            logger.error("variant %s: cannot read the registry: %s", self.variant, err)
             return None
+        for version in versions:
+            if f"{ref}#{version}" in self._failed:
+                continue
+            try:
+                return await asyncio.to_thread(load_served, ref, self.registry, version, dtype)
+            except Exception as err:  # noqa: BLE001 - try the next one
+                self._failed[f"{ref}#{version}"] = f"{type(err).__name__}: {err}"
+                logger.error(
+                    "variant %s: %s version %s also failed: %s", self.variant, ref, version, err
+                )
+        return None
 
     def _install(self, served: Served) -> None:
         self._served = served
@@ -313,7 +342,9 @@ class ModelServer:
         try:
             return await asyncio.to_thread(fn, *args)
         finally:
-            self._metrics.inference_seconds.observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self._inference_seconds += elapsed
+            self._metrics.inference_seconds.observe(elapsed)
 
     def _max_length(self) -> int:
         return int(self._settings.get("max_length", 128))
@@ -356,6 +387,7 @@ class ModelServer:
             "last_error": self._last_error,
             "batches": self._batches,
             "batched_requests": self._batched_requests,
+            "inference_seconds": self._inference_seconds,
             "max_batch_size_seen": max(sizes, default=0),
             "mean_batch_size": sum(sizes) / len(sizes) if sizes else 0.0,
         }

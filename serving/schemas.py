@@ -44,7 +44,7 @@ class GenerateRequest(_Request):
     prompt: Text = Field(min_length=1)
     """The text to continue."""
     max_new_tokens: int = Field(default=64, ge=1)
-    """Tokens to generate at most."""
+    """Tokens to generate at most (default 64, or the server's limit if lower)."""
     temperature: float = Field(default=0.0, ge=0.0, le=5.0)
     """0 decodes greedily; higher samples more freely."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)

@@ -42,6 +42,14 @@ def test_shipped_serving_configs_validate(path):
         ({"classify": {"policy": "weighted"}}, "needs `weights`"),
         ({"classify": {"policy": "weighted", "weights": {"full": 0}}}, "must not all be zero"),
         ({"summarize": {"variant": "full"}}, "routes.summarize"),
+        (
+            {"embed": {"policy": "cascade", "variant": "distilled", "fallback": "full"}},
+            "routes.embed: policy cascade .* classify only",
+        ),
+        (
+            {"generate": {"variant": "full", "shadow": {"variant": "distilled"}}},
+            "routes.generate.shadow: .* classify only",
+        ),
     ],
 )
 def test_bad_routes_name_the_key(routes, message):
@@ -126,6 +134,45 @@ def test_serve_config_pins_only_change_user_config():
         serve_config(cfg, {"big": 1})
 
 
+def test_actor_options_and_ingress_replicas_reach_serve():
+    cfg = config(
+        ingress_replicas=2,
+        variants={
+            "full": {
+                "model": "x",
+                "num_cpus": 2,
+                "ray_actor_options": {
+                    "memory": 2**30,
+                    "resources": {"inference": 1},
+                    "env_vars": {"AWS_REGION": "eu-west-1"},
+                },
+            },
+            "distilled": {"model": "y"},
+        },
+    )
+    from ray.serve.schema import ServeDeploySchema
+
+    built = serve_config(cfg)
+    ServeDeploySchema.model_validate(built)  # what `serve deploy` and a RayService accept
+    deployments = {d["name"]: d for d in built["applications"][0]["deployments"]}
+    assert deployments["Ingress"]["num_replicas"] == 2
+    full = deployments["model-full"]["ray_actor_options"]
+    assert full["num_cpus"] == 2 and full["memory"] == 2**30
+    assert full["resources"] == {"inference": 1}
+    # The user's variables join the replicas' own.
+    assert full["runtime_env"]["env_vars"] == {
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "AWS_REGION": "eu-west-1",
+    }
+    assert set(deployments["model-distilled"]["ray_actor_options"]) == {
+        "num_cpus",
+        "num_gpus",
+        "runtime_env",
+    }
+    with pytest.raises(RecipeError, match="ray_actor_options.runtime_env"):
+        config(variants={"a": {"model": "x", "ray_actor_options": {"runtime_env": {}}}})
+
+
 def test_keys_from_env_and_file(tmp_path, monkeypatch):
     secret = tmp_path / "keys"
     secret.write_text("# mounted secret\nfile-key\n")
@@ -186,6 +233,63 @@ def test_generation_cuts_at_a_stop_string(tiny_lm):
     cut = Generation(tiny_lm, "Call me", max_new_tokens=16, stop=[stop])
     assert "".join(cut) == cut.text == text[: text.find(stop)]
     assert cut.finish_reason == "stop"
+
+
+def scripted_generation(pieces: list[bytes], **options):
+    """A `Generation` whose model emits one token per entry of `pieces` (then EOS) and whose
+    tokenizer decodes tokens to those bytes, as byte-level tokenizers do."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from serving.inference import Generation
+    from training import LoadedModel
+
+    eos = len(pieces)
+
+    class Tokenizer:
+        eos_token_id = eos
+
+        def __call__(self, text, return_tensors):
+            return {"input_ids": torch.tensor([[eos]])}
+
+        def decode(self, ids, skip_special_tokens):
+            return b"".join(pieces[i] for i in ids).decode(errors="replace")
+
+    script = iter(range(eos + 1))
+
+    def model(input_ids, cache, use_cache):
+        return SimpleNamespace(logits=torch.eye(eos + 1)[next(script)][None, None], cache=None)
+
+    loaded = LoadedModel(model, Tokenizer(), "causal_lm", [], {}, Path("scripted"))
+    return Generation(loaded, "prompt", **options)
+
+
+def test_generation_holds_back_a_stop_string_that_spans_tokens():
+    tokens = [b"A", b"B", b"\n", b"U", b":", b"C"]
+    gen = scripted_generation(tokens, max_new_tokens=9, stop=["\nU:"])
+    assert "".join(gen) == gen.text == "AB"
+    assert gen.finish_reason == "stop" and gen.tokens == 5
+
+
+def test_generation_releases_held_back_text_that_is_no_stop_string():
+    gen = scripted_generation([b"A", b"\n", b"X", b"B"], max_new_tokens=9, stop=["\nU:"])
+    pieces = list(gen)
+    assert pieces == ["A", "\nX", "B"]
+    assert "".join(pieces) == gen.text == "A\nXB" and gen.finish_reason == "stop"  # EOS
+
+
+def test_generation_that_ends_by_length_returns_held_back_text():
+    gen = scripted_generation([b"A", b"\n", b"U", b":"], max_new_tokens=3, stop=["\nU:"])
+    assert "".join(gen) == gen.text == "A\nU"
+    assert gen.finish_reason == "length"
+
+
+def test_generation_returns_multi_byte_characters_whole():
+    whale = "🐋".encode()
+    gen = scripted_generation([b"A", whale[:2], whale[2:], b"B"], max_new_tokens=9)
+    assert list(gen) == ["A", "🐋", "B"]
+    assert gen.text == "A🐋B"
 
 
 def test_promotion_pins_one_deployment_of_the_running_config():
@@ -326,13 +430,16 @@ def test_model_server_batches_requests_that_arrive_during_a_forward_pass(
     # 24 arrivals over 0.24 s against 0.1 s passes: about 4 batches with the gate, about 15
     # without it.
     assert info["batches"] <= 8, info
+    # The forward time a replica reports covers every pass (the serving benchmark reads it).
+    assert 0.1 * info["batches"] <= info["inference_seconds"] < 0.1 * info["batches"] + 0.5
 
 
-def test_a_starting_replica_under_a_broken_pin_serves_the_alias_instead(
+def test_a_starting_replica_never_fails_on_a_broken_version_while_another_loads(
     tmp_path, outside_a_replica
 ):
-    """An upscale or restart after a promotion pinned a version that does not load: the new
-    replica serves what the alias names, as the running ones keep their model, and says why."""
+    """An upscale or restart after a promotion to a version that does not load: the new
+    replica serves the alias's latest version that does, as the running ones keep their model,
+    and says why."""
     import asyncio
     from pathlib import Path
 
@@ -357,8 +464,17 @@ def test_a_starting_replica_under_a_broken_pin_serves_the_alias_instead(
     assert info["version"] == "sentiment/1"
     assert "version 2" in info["last_error"] and "checksum" in info["last_error"]
 
-    # With the alias on the broken version too, there is nothing to serve: the replica fails.
+    # `fmstack models promote` moved the alias itself onto the broken version: a new replica
+    # serves the version the alias named before, and says why.
     registry.promote("sentiment", broken.version, "production")
+    pinned = {"model": "models:/sentiment@production"}
+    info = asyncio.run(start())
+    assert info["version"] == "sentiment/1"
+    assert "version 2" in info["last_error"] and "checksum" in info["last_error"]
+
+    # An alias that never named a version that loads leaves nothing to serve: the replica fails.
+    registry.promote("sentiment", broken.version, "staging")
+    pinned = {"model": "models:/sentiment@staging"}
     with pytest.raises(RuntimeError, match="checksum"):
         asyncio.run(start())
 
@@ -419,3 +535,29 @@ def test_requests_refuse_text_no_tokenizer_can_encode_and_seeds_out_of_range():
     with pytest.raises(ValidationError, match="seed"):
         GenerateRequest.model_validate({"prompt": "hi", "seed": 2**64})
     assert ClassifyRequest.model_validate(json.loads('{"texts": ["caf\\u00e9 \\ud83d\\ude00"]}'))
+
+
+def test_generation_requests_stay_within_the_limits():
+    from serving.app import ApiError, generation_request
+    from serving.config import LimitsConfig
+    from serving.schemas import GenerateRequest
+
+    limits = LimitsConfig(max_new_tokens=16, max_text_chars=20)
+    # A request that leaves max_new_tokens out gets the default, capped by a lower limit.
+    assert generation_request(GenerateRequest(prompt="Once"), limits)["max_new_tokens"] == 16
+    asked = generation_request(GenerateRequest(prompt="Once", max_new_tokens=8, seed=3), limits)
+    assert asked == {
+        "prompt": "Once",
+        "max_new_tokens": 8,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "stop": [],
+        "seed": 3,
+    }
+    for body, message in (
+        (GenerateRequest(prompt="Once", max_new_tokens=17), "max_new_tokens: at most 16, got 17"),
+        (GenerateRequest(prompt="x" * 21), "prompt: 21 characters, at most 20"),
+    ):
+        with pytest.raises(ApiError, match=message) as refused:
+            generation_request(body, limits)
+        assert refused.value.status == 422
