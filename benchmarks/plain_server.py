@@ -7,6 +7,8 @@ uvicorn, one forward pass per request, no batching.
 from __future__ import annotations
 
 import argparse
+import threading
+import time
 
 import torch
 import uvicorn
@@ -24,19 +26,32 @@ def make_app(model_dir: str, max_length: int) -> FastAPI:
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     app = FastAPI()
+    # Time spent in the model, as fmstack's replicas report it, so that the benchmark can tell
+    # a slower forward pass from a longer request path.
+    stats = {"forward_passes": 0, "inference_seconds": 0.0}
+    lock = threading.Lock()
 
     @app.post("/classify")
     def classify(body: Body) -> dict:
+        start = time.perf_counter()
         enc = tokenizer(
             body.texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
         )
         with torch.no_grad():
             probs = torch.softmax(model(**enc).logits.float(), -1)
+        with lock:
+            stats["forward_passes"] += 1
+            stats["inference_seconds"] += time.perf_counter() - start
         return {
             "predictions": [
                 {"label": labels[int(p.argmax())], "score": float(p.max())} for p in probs
             ]
         }
+
+    @app.get("/stats")
+    def read_stats() -> dict:
+        with lock:
+            return dict(stats)
 
     @app.get("/healthz")
     def healthz() -> dict:

@@ -25,8 +25,9 @@ new version pinned in its `user_config`, as `fmstack serve promote` does; figure
 redeploy call to the first answer from the new version, and failed requests meanwhile (must be 0).
 
 Every model runs with `torch.set_num_threads(threads)` in one replica or process. Figures: QPS,
-p50 and p99 latency (ms), errors, and for fmstack the mean batch size the requests ran in
-(warm-up requests included). Targets: Serve adds at most 5 ms at p50 at concurrency 1
+p50 and p99 latency (ms), errors, the mean time of one forward pass in the model's process
+(tokenising included), and for fmstack the mean batch size the requests ran in (warm-up requests
+included in both). Targets: Serve adds at most 5 ms at p50 at concurrency 1
 (fmstack-full-nobatch vs plain-full); with batching fmstack reaches at least 2x plain's QPS at
 concurrency 32 at equal or better p99; distilled reaches at least 3x full's QPS.
 """
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -64,6 +66,7 @@ LABELS = {
     "p50_ms": "p50 ms",
     "p99_ms": "p99 ms",
     "errors": "errors",
+    "forward_ms": "forward ms",
     "mean_batch": "mean batch",
     "promote_to_serving_s": "promote to new version (s)",
     "failed_requests": "failed requests",
@@ -128,26 +131,43 @@ def load_case(url: str, bodies: list[dict], concurrency: int) -> Callable[[], Fi
     return run
 
 
-def _batching(base: str, variant: str) -> tuple[int, int]:
-    """(batches, requests in them) that the variant's replica has run so far."""
+Counters = tuple[int, int, float]
+"""(forward passes, requests in them, seconds spent in them) since a model process started."""
+
+
+def replica_counters(base: str, variant: str) -> Counters:
+    """What the variant's replica has run so far, from `/v1/models`."""
     with urllib.request.urlopen(f"{base}/v1/models", timeout=10) as response:
         info = json.load(response)["variants"][variant]
-    return int(info.get("batches", 0)), int(info.get("batched_requests", 0))
+    return (
+        int(info.get("batches", 0)),
+        int(info.get("batched_requests", 0)),
+        float(info.get("inference_seconds", 0.0)),
+    )
 
 
-def fmstack_case(
-    base: str, bodies: list[dict], concurrency: int, variant: str
+def plain_counters(url: str) -> Counters:
+    """What a plain server has run so far (one request per forward pass)."""
+    with urllib.request.urlopen(f"{url}/stats", timeout=10) as response:
+        stats = json.load(response)
+    return stats["forward_passes"], stats["forward_passes"], stats["inference_seconds"]
+
+
+def counted_case(
+    load: Callable[[], Figures], counters: Callable[[], Counters], batching: bool
 ) -> Callable[[], Figures]:
-    """A load case on the Serve application that also reports the mean batch size its
-    requests ran in on `variant` (warm-up requests included)."""
-    load = load_case(f"{base}/v1/classify", bodies, concurrency)
+    """A load case that also reports the mean time of one forward pass in the model process
+    (tokenising included) and, where requests are batched, the mean batch size (warm-up
+    requests included in both): the difference between a slower model and a longer path."""
 
     def run() -> Figures:
-        batches, requests = _batching(base, variant)
+        passes, requests, seconds = counters()
         figures = dict(load())
-        batches_after, requests_after = _batching(base, variant)
-        if batches_after > batches:
-            figures["mean_batch"] = (requests_after - requests) / (batches_after - batches)
+        passes_after, requests_after, seconds_after = counters()
+        if passes_after > passes:
+            figures["forward_ms"] = 1000 * (seconds_after - seconds) / (passes_after - passes)
+            if batching:
+                figures["mean_batch"] = (requests_after - requests) / (passes_after - passes)
         return figures
 
     return run
@@ -368,8 +388,14 @@ def run_benchmark(
                     Case(
                         f"fmstack-{variant}-c{c}",
                         # The cascade asks the distilled variant first.
-                        fmstack_case(
-                            base, fm_bodies, c, "distilled" if variant == "cascade" else variant
+                        counted_case(
+                            load_case(f"{base}/v1/classify", fm_bodies, c),
+                            functools.partial(
+                                replica_counters,
+                                base,
+                                "distilled" if variant == "cascade" else variant,
+                            ),
+                            batching=True,
                         ),
                         group,
                         params={"concurrency": c, "variant": variant},
@@ -379,7 +405,11 @@ def run_benchmark(
                 cases.append(
                     Case(
                         f"plain-{name}-c{c}",
-                        load_case(f"{url}/classify", bodies, c),
+                        counted_case(
+                            load_case(f"{url}/classify", bodies, c),
+                            functools.partial(plain_counters, url),
+                            batching=False,
+                        ),
                         group,
                         params={"concurrency": c, "model": name},
                     )
@@ -513,10 +543,21 @@ def target_notes(results: list, found: list, top: int) -> list[str]:
     if fm is not None and plain is not None:
         added = fm - plain
         verdict = "PASS" if added <= 5 else "FAIL"
-        notes.append(
+        note = (
             f"{verdict}: Serve adds at most 5 ms at p50 at concurrency 1 (fmstack-full-nobatch "
             f"{fm:.1f} ms - plain-full {plain:.1f} ms = {added:+.1f} ms)."
         )
+        fm_forward = median("fmstack-full-nobatch-c1", "forward_ms")
+        plain_forward = median("plain-full-c1", "forward_ms")
+        if fm_forward is not None and plain_forward is not None:
+            slower = fm_forward - plain_forward
+            note += (
+                f" Of that, {slower:+.1f} ms is a slower forward pass (a mean of "
+                f"{fm_forward:.1f} ms in the replica, {plain_forward:.1f} ms in the plain server) "
+                f"and {added - slower:+.1f} ms the longer request path (HAProxy, ingress, the "
+                "call to the model replica)."
+            )
+        notes.append(note)
     promotion = by_name.get("promotion")
     if promotion is not None and promotion.samples:
         failed = sum(promotion.values("failed_requests"))
@@ -533,6 +574,8 @@ def target_notes(results: list, found: list, top: int) -> list[str]:
         (f"fmstack-distilled / fmstack-full, QPS at c{top}", 3.0, True),
         (f"fmstack-distilled-int8 / fmstack-full, QPS at c{top}", 3.0, True),
     ]:
+        if label not in by_label:
+            continue
         stat = by_label[label].stat
         if stat is None:
             notes.append(f"NOT CHECKED: {label} ({by_label[label].reason}).")
