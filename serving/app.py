@@ -233,6 +233,29 @@ async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
         yield item
 
 
+def generation_request(body: GenerateRequest, limits: LimitsConfig) -> dict[str, Any]:
+    """What a model replica is asked to generate, within the configured limits."""
+    if len(body.prompt) > limits.max_text_chars:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"prompt: {len(body.prompt)} characters, at most {limits.max_text_chars}; shorten it",
+        )
+    max_new_tokens = body.max_new_tokens
+    if "max_new_tokens" not in body.model_fields_set:
+        max_new_tokens = min(max_new_tokens, limits.max_new_tokens)  # a default never breaks it
+    if max_new_tokens > limits.max_new_tokens:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"max_new_tokens: at most {limits.max_new_tokens}, got {max_new_tokens}",
+        )
+    request = body.model_dump(include={"prompt", "temperature", "top_p", "stop", "seed"})
+    return {**request, "max_new_tokens": max_new_tokens}
+
+
+# `serve.ingress` pickles the routes when the class is created: what its methods call must be
+# defined above this line.
 @serve.deployment(name=INGRESS)
 @serve.ingress(api)
 class Ingress:
@@ -600,27 +623,6 @@ def deployment_options(config: ServeConfig, variant: str) -> dict[str, Any]:
         "user_config": user_config(v),
         "health_check_period_s": 5,
     }
-
-
-def generation_request(body: GenerateRequest, limits: LimitsConfig) -> dict[str, Any]:
-    """What a model replica is asked to generate, within the configured limits."""
-    if len(body.prompt) > limits.max_text_chars:
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"prompt: {len(body.prompt)} characters, at most {limits.max_text_chars}; shorten it",
-        )
-    max_new_tokens = body.max_new_tokens
-    if "max_new_tokens" not in body.model_fields_set:
-        max_new_tokens = min(max_new_tokens, limits.max_new_tokens)  # a default never breaks it
-    if max_new_tokens > limits.max_new_tokens:
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"max_new_tokens: at most {limits.max_new_tokens}, got {max_new_tokens}",
-        )
-    request = body.model_dump(include={"prompt", "temperature", "top_p", "stop", "seed"})
-    return {**request, "max_new_tokens": max_new_tokens}
 
 
 def _actor_options(variant: VariantConfig) -> dict[str, Any]:
