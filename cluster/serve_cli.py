@@ -97,6 +97,22 @@ def _check_models(config: ServeConfig) -> None:
                 _fail(f"variants.{name}.model: {err}", 2)
 
 
+def _cluster_notes(cfg: ServeConfig) -> list[str]:
+    """What in a serving config only works on this machine, for a config bound elsewhere."""
+    notes = []
+    if cfg.http.host in ("127.0.0.1", "localhost", "::1"):
+        notes.append(
+            f"http.host is {cfg.http.host}: in a RayService pod nothing outside the pod reaches "
+            "it; add --set http.host=0.0.0.0"
+        )
+    if cfg.registry and "://" not in cfg.registry:
+        notes.append(
+            f"registry is the local path {cfg.registry}: the cluster's pods need it at the same "
+            "path (a mounted volume), or use --set registry=s3://..."
+        )
+    return notes
+
+
 @app.command()
 def build(
     config: ConfigOption,
@@ -110,6 +126,8 @@ def build(
     from serving import serve_config
 
     cfg = _load(config, set)
+    for note in _cluster_notes(cfg):
+        err_console.print(f"[yellow]note:[/yellow] {note}")
     text = yaml.safe_dump(serve_config(cfg), sort_keys=False)
     if output is None:
         print(text, end="")
@@ -130,7 +148,7 @@ def up(
 ) -> None:
     """Deploy the serving config to a Ray cluster (starting a local one when none runs at the
     default address) and wait until every variant serves."""
-    from serving import DeployError, serve_config
+    from serving import DeployError, pins_of, serve_config
 
     cfg = _load(config, set)
     _check_models(cfg)
@@ -138,19 +156,43 @@ def up(
         address = _start_local_ray(num_cpus)
     client = _client(address)
     try:
-        pins = _current_pins(client, cfg)
-        client.deploy(serve_config(cfg, pins))
+        details = client.details()
+    except (RuntimeError, OSError) as err:
+        _fail(describe(err, address))
+    running = details.get("applications") or {}
+    others = sorted(
+        name
+        for name, details_of in running.items()
+        if name != cfg.name and details_of.get("status") != "DELETING"
+    )
+    if others:
+        # Serve's declarative config holds every application: deploying ours drops theirs.
+        _fail(
+            f"Serve on {address} also runs {', '.join(others)}, which deploying {cfg.name} "
+            "would remove; stop them first (fmstack serve down) or serve on another Ray cluster",
+            2,
+        )
+    http = (details.get("http_options") or {}) if running else {}
+    host, port = http.get("host", cfg.http.host), http.get("port", cfg.http.port)
+    if (host, port) != (cfg.http.host, cfg.http.port):
+        err_console.print(
+            f"[yellow]note:[/yellow] Serve already listens on {host}:{port}; http settings "
+            "apply when Serve starts (fmstack serve down first to change them)"
+        )
+    try:
+        client.deploy(serve_config(cfg, pins_of(details, cfg)))
         with console.status(f"deploying {cfg.name} ..."):
             client.wait(cfg.name, timeout)
     except DeployError as err:
         _fail(f"application {cfg.name} failed to deploy:\n{err}")
     except (TimeoutError, RuntimeError, OSError) as err:
         _fail(describe(err, address))
-    base = _base_url(cfg.http.host, cfg.http.port, cfg.route_prefix)
+    base = _base_url(host, port, cfg.route_prefix)
     console.print(f"[green]serving[/green] {cfg.name} at {base}  (docs: {base}/docs)")
     _print_variants(base)
+    key = ' -H "Authorization: Bearer $FMSTACK_API_KEY"' if cfg.auth.enabled else ""
     console.print(
-        f"try:  curl -s {base}/v1/classify -H 'Content-Type: application/json' "
+        f"try:  curl -s {base}/v1/classify -H 'Content-Type: application/json'{key} "
         """-d '{"texts": ["A gripping, beautifully acted film."]}'""",
         highlight=False,
         soft_wrap=True,
@@ -310,12 +352,6 @@ def _client(address: str) -> Any:
         return ServeClient(address)
     except (RuntimeError, OSError, ValueError) as err:
         _fail(describe(err if str(err) else ConnectionError(), address))
-
-
-def _current_pins(client: Any, cfg: ServeConfig) -> dict[str, int]:
-    from serving import pins_of
-
-    return pins_of(client.details(), cfg)
 
 
 def _reachable(address: str) -> bool:

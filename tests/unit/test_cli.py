@@ -147,3 +147,54 @@ def test_serve_promote_with_auth_on_needs_a_key_before_anything_moves(monkeypatc
     assert result.exit_code == 2, result.output
     assert "auth on: set FMSTACK_API_KEY" in result.output
     assert deploys == [] and not (tmp_path / "registry").exists()
+
+
+def test_serve_up_leaves_other_applications_alone(monkeypatch, tmp_path):
+    from cluster import serve_cli
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"variants: {{full: {{model: {tmp_path}}}}}\n")
+    deploys: list[dict] = []
+
+    class RunningServe:
+        def __init__(self, applications: dict) -> None:
+            self.applications = applications
+
+        def details(self) -> dict:
+            http = {"host": "127.0.0.1", "port": 9}  # nothing listens
+            return {"applications": self.applications, "http_options": http}
+
+        def deploy(self, config: dict) -> None:
+            deploys.append(config)
+
+        def wait(self, name: str, timeout: float) -> None:
+            pass
+
+    up = ["serve", "up", "-c", str(config), "--address", "http://127.0.0.1:1"]
+    monkeypatch.setattr(serve_cli, "_client", lambda address: RunningServe({"shop": {}}))
+    result = CliRunner().invoke(app, up)
+    assert result.exit_code == 2 and deploys == []
+    assert "also runs shop, which deploying fmstack would remove" in result.output
+
+    # Our own application is redeployed; Serve keeps the address it started with, and says so.
+    running = {"fmstack": {}, "old": {"status": "DELETING"}}
+    monkeypatch.setattr(serve_cli, "_client", lambda address: RunningServe(running))
+    result = CliRunner().invoke(app, up)
+    assert result.exit_code == 0, result.output
+    assert len(deploys) == 1
+    assert "Serve already listens on 127.0.0.1:9;" in result.output
+    assert "serving fmstack at http://127.0.0.1:9 " in result.output
+
+
+def test_serve_build_notes_what_only_works_on_this_machine(tmp_path):
+    config = tmp_path / "serve.yaml"
+    config.write_text("variants: {full: {model: models:/sentiment@production}}\n")
+    local = CliRunner().invoke(app, ["serve", "build", "-c", str(config)])
+    assert local.exit_code == 0
+    assert "http.host is 127.0.0.1" in local.output and "registry is the local path" in local.output
+    bound = CliRunner().invoke(
+        app,
+        ["serve", "build", "-c", str(config)]
+        + ["--set", "http.host=0.0.0.0", "--set", "registry=s3://models/registry"],
+    )
+    assert bound.exit_code == 0 and "note:" not in bound.output
