@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
@@ -27,7 +28,7 @@ Job = TypeVar("Job", "PretrainConfig", "FinetuneConfig", "DistillConfig")
 __all__ = [
     "RegistryError",
     "check_gates",
-    "check_student_width",
+    "check_student",
     "register_export",
     "resolve_model",
     "resolve_start_model",
@@ -53,31 +54,28 @@ def check_gates(cfg: Any) -> None:
             raise RecipeError(f"registry.require: {err}") from None
 
 
-def check_student_width(cfg: Any) -> None:
-    """Hidden-state matching (`distillation.hidden_weight`) needs a student as wide as the
-    teacher, whose width only its config.json tells: `cfg.distillation.teacher` must already be
-    resolved (not a `models:/` reference). Raises `RecipeError` naming the keys; a teacher that
-    cannot be read is left to the job's preflight to report."""
+def check_student(cfg: Any) -> None:
+    """A distill recipe's student against its teacher, whose shape only its config.json tells
+    (`cfg.distillation.teacher` already resolved, not a `models:/` reference): layers that exist,
+    heads that divide the width, the teacher's width under hidden-state matching. Raises
+    `RecipeError` naming the key; a teacher that cannot be read is left to the job's preflight."""
     from training import DistillConfig, RecipeError
+    from training.classifier import check_student as check
 
-    if not isinstance(cfg, DistillConfig) or not cfg.distillation.hidden_weight:
+    if not isinstance(cfg, DistillConfig):
         return
-    width = cfg.student.hidden_size
-    if width is None:  # the teacher's own width
+    teacher = _model_config(cfg.distillation.teacher)
+    if teacher is None:
         return
-    teacher = _hidden_size(cfg.distillation.teacher)
-    if teacher is not None and teacher != width:
-        raise RecipeError(
-            f"student.hidden_size ({width}) differs from the teacher's hidden size ({teacher}), "
-            "and distillation.hidden_weight matches their hidden states, which needs one width; "
-            "remove student.hidden_size (the student then has the teacher's width) or set "
-            "distillation.hidden_weight: 0"
-        )
+    try:
+        check(cfg.student, teacher, hidden_matching=cfg.distillation.hidden_weight > 0)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
 
 
-def _hidden_size(model: str) -> int | None:
-    """`hidden_size` from the config.json of a model directory, URI or packaged model; None
-    where there is none to read."""
+def _model_config(model: str) -> SimpleNamespace | None:
+    """The config.json of a model directory, URI or packaged model; None where there is none
+    to read."""
     from training.assets import PACKAGED_MODELS, cache_dir
     from training.storage import is_uri, join
 
@@ -93,7 +91,9 @@ def _hidden_size(model: str) -> int | None:
                 text = f.read().decode()
         else:
             text = Path(config).expanduser().read_text()
-        return int(json.loads(text)["hidden_size"])
+        fields = json.loads(text)
+        keys = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
+        return SimpleNamespace(**{key: int(fields[key]) for key in keys})
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -102,10 +102,10 @@ def resolve_start_model(cfg: Job) -> tuple[Job, dict[str, Any] | None]:
     """Check the recipe's promotion gates, then replace a `models:/` base model or teacher by its
     verified directory, and say which registry version it was (for the new model's lineage).
     References resolve in the recipe's `registry.root`, else the default registry. A distill
-    recipe's student is then checked against its teacher (`check_student_width`)."""
+    recipe's student is then checked against its teacher (`check_student`)."""
     check_gates(cfg)
     cfg, origin = _resolve_reference(cfg)
-    check_student_width(cfg)
+    check_student(cfg)
     return cfg, origin
 
 

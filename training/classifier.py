@@ -42,6 +42,38 @@ def default_student_layers(teacher_layers: int, student_layers: int) -> list[int
     return [round((i + 1) * step) - 1 for i in range(student_layers)]
 
 
+def check_student(cfg: StudentConfig, teacher: Any, hidden_matching: bool = False) -> list[int]:
+    """The teacher layers the student mirrors; `ValueError` naming the key when the student
+    cannot be built from this teacher. `teacher`: its config (`hidden_size`,
+    `num_attention_heads`, `num_hidden_layers`, `intermediate_size`)."""
+    if cfg.init == "scratch":
+        hidden = cfg.hidden_size or teacher.hidden_size
+        heads = cfg.num_heads or teacher.num_attention_heads
+        if hidden % heads:
+            raise ValueError(
+                f"student.hidden_size ({hidden}) must be a multiple of student.num_heads ({heads})"
+            )
+        if hidden_matching and hidden != teacher.hidden_size:
+            raise ValueError(
+                f"student.hidden_size ({hidden}) differs from the teacher's hidden size "
+                f"({teacher.hidden_size}), and distillation.hidden_weight matches their hidden "
+                "states, which needs one width; remove student.hidden_size (the student then has "
+                "the teacher's width) or set distillation.hidden_weight: 0"
+            )
+        return default_student_layers(teacher.num_hidden_layers, cfg.num_layers)
+    layers = cfg.layers or default_student_layers(teacher.num_hidden_layers, cfg.num_layers)
+    if any(not 0 <= i < teacher.num_hidden_layers for i in layers):
+        raise ValueError(
+            f"student.layers {layers}: the teacher has layers 0..{teacher.num_hidden_layers - 1}"
+        )
+    if cfg.intermediate_size is not None and cfg.intermediate_size > teacher.intermediate_size:
+        raise ValueError(
+            f"student.intermediate_size ({cfg.intermediate_size}) exceeds the teacher's "
+            f"{teacher.intermediate_size}; a teacher_layers student can only be narrower"
+        )
+    return layers
+
+
 def student_from_teacher(
     teacher: PreTrainedModel, cfg: StudentConfig
 ) -> tuple[PreTrainedModel, list[int]]:
@@ -52,36 +84,20 @@ def student_from_teacher(
     the teacher's vocabulary and labels.
     """
     t_config = teacher.config
+    layers = check_student(cfg, t_config)
+    config = copy.deepcopy(t_config)
     if cfg.init == "scratch":
-        config = copy.deepcopy(t_config)
         hidden = cfg.hidden_size or t_config.hidden_size
         config.hidden_size = hidden
         config.num_hidden_layers = cfg.num_layers
         config.num_attention_heads = cfg.num_heads or t_config.num_attention_heads
         config.intermediate_size = cfg.intermediate_size or 4 * hidden
-        if hidden % config.num_attention_heads:
-            raise ValueError(
-                f"student.hidden_size ({hidden}) must be a multiple of student.num_heads "
-                f"({config.num_attention_heads})"
-            )
-        layers = default_student_layers(t_config.num_hidden_layers, cfg.num_layers)
         return AutoModelForSequenceClassification.from_config(config), layers
 
-    layers = cfg.layers or default_student_layers(t_config.num_hidden_layers, cfg.num_layers)
-    if any(not 0 <= i < t_config.num_hidden_layers for i in layers):
-        raise ValueError(
-            f"student.layers {layers}: the teacher has layers 0..{t_config.num_hidden_layers - 1}"
-        )
-    config = copy.deepcopy(t_config)
     config.num_hidden_layers = len(layers)
     state = _select_layers(teacher.state_dict(), layers)
     width = cfg.intermediate_size
     if width is not None and width != t_config.intermediate_size:
-        if width > t_config.intermediate_size:
-            raise ValueError(
-                f"student.intermediate_size ({width}) exceeds the teacher's "
-                f"{t_config.intermediate_size}; a teacher_layers student can only be narrower"
-            )
         state = _prune_feed_forward(state, width)
         config.intermediate_size = width
     student = AutoModelForSequenceClassification.from_config(config)

@@ -226,13 +226,44 @@ HIDDEN_STATES = {"hidden_weight": 1.0, "teacher_logits": "in_worker"}
 
 
 def _teacher_dir(tmp_path: Path, hidden_size: int) -> Path:
-    """As much of an exported teacher as the width check reads."""
+    """As much of an exported teacher as the student check reads: 4 layers, 4 heads."""
     path = tmp_path / f"teacher-{hidden_size}"
     path.mkdir()
-    (path / "config.json").write_text(
-        json.dumps({"model_type": "bert", "hidden_size": hidden_size})
-    )
+    shape = {
+        "model_type": "bert",
+        "hidden_size": hidden_size,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 4,
+        "intermediate_size": 4 * hidden_size,
+    }
+    (path / "config.json").write_text(json.dumps(shape))
     return path
+
+
+@pytest.mark.parametrize(
+    ("student", "message"),
+    [
+        (
+            {"num_layers": 2, "layers": [0, 4]},
+            r"student.layers \[0, 4\]: the teacher has layers 0..3",
+        ),
+        ({"num_layers": 5}, r"student.num_layers \(5\) exceeds the teacher's 4 layers"),
+        (
+            {"intermediate_size": 256},
+            r"student.intermediate_size \(256\) exceeds the teacher's 128",
+        ),
+        (
+            {**SCRATCH, "hidden_size": 18, "num_heads": 4},
+            r"student.hidden_size \(18\) must be a multiple of student.num_heads \(4\)",
+        ),
+    ],
+)
+def test_a_student_its_teacher_cannot_give_is_refused_before_training(tmp_path, student, message):
+    teacher = str(_teacher_dir(tmp_path, 32))
+    recipe = _distill_recipe(tmp_path, distillation={"teacher": teacher}, student=student)
+    cfg = parse_recipe(recipe, schema=DistillConfig)
+    with pytest.raises(RecipeError, match=message):
+        handover.resolve_start_model(cfg)
 
 
 def test_hidden_state_matching_needs_the_teachers_width(tmp_path):

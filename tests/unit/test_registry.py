@@ -37,7 +37,9 @@ def make_export(directory: Path, metrics: dict[str, Any] | None = None, **extra:
     from training.checkpoint import sha256_file
 
     (directory / "tokenizer").mkdir(parents=True)
-    (directory / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    shape = {"hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 2}
+    config = {"model_type": "bert", **shape, "intermediate_size": 32}
+    (directory / "config.json").write_text(json.dumps(config))
     (directory / "model.safetensors").write_bytes(os.urandom(4096))
     (directory / "tokenizer" / "vocab.txt").write_text("[PAD]\n[UNK]\nfresh\nrotten\n")
     files = {
