@@ -137,8 +137,29 @@ def evaluate(
         typer.Argument(help="Exported model directories or registry refs (models:/name@alias)"),
     ],
     split: Annotated[
-        str, typer.Option(help="Split of the first model's data recipe: test or validation")
+        str,
+        typer.Option(
+            help="test or validation: that split of the first model's data recipe (or of "
+            "--data); all: every row of --data"
+        ),
     ] = "test",
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Labeled CSV, JSONL or Parquet to score instead of the recipe's data (a file, "
+            "directory, local glob or s3:// / gs:// URI)"
+        ),
+    ] = None,
+    data_format: Annotated[
+        str | None,
+        typer.Option(help="csv, jsonl or parquet; default: from --data's file extension"),
+    ] = None,
+    text_column: Annotated[str, typer.Option(help="--data's text column")] = "text",
+    label_column: Annotated[str, typer.Option(help="--data's label column")] = "label",
+    registry: Annotated[
+        str | None,
+        typer.Option(help="Registry root for models:/ references (default $FMSTACK_REGISTRY)"),
+    ] = None,
     threads: Annotated[int, typer.Option(min=1, help="Torch threads for every model")] = 2,
     max_examples: Annotated[
         int | None, typer.Option(min=1, help="Evaluate at most this many examples")
@@ -146,10 +167,11 @@ def evaluate(
     output: Annotated[Path | None, typer.Option(help="Write the results as JSON here")] = None,
 ) -> None:
     """Evaluate classifiers on a split: report, confusion matrix, latency at batch 1 and 32."""
-    from cluster.evaluate import EvalError, compare_models
+    from cluster.evaluate import EvalError, compare_models, labeled_source
 
     try:
-        compare_models(models, split, threads, max_examples, output, console)
+        source = labeled_source(data, data_format, text_column, label_column) if data else None
+        compare_models(models, split, threads, max_examples, output, console, source, registry)
     except (EvalError, handover.RegistryError, FileNotFoundError, ValueError) as err:
         raise _fail(str(err)) from None
 

@@ -1,7 +1,8 @@
 """`fmstack eval`: evaluate classifiers on a held-out split and compare them in one table.
 
 The split is rebuilt from the first model's own recipe (data section and seed), so a fine-tuned
-teacher and its distilled student are scored on exactly the examples neither was trained on.
+teacher and its distilled student are scored on exactly the examples neither was trained on. Or
+the examples come from labeled data the user names (`--data`): every row, or a split of it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from cluster import handover
 
 if TYPE_CHECKING:
     from training import LabeledDataConfig, LoadedModel
+    from training.config import LabeledSourceConfig
 
 LATENCY_BATCHES = {1: 40, 32: 10}  # batch size -> timed batches
 
 
 class EvalError(ValueError):
     """The models cannot be evaluated as asked."""
+
+
+SPLITS = ("test", "validation", "all")
 
 
 def compare_models(
@@ -34,6 +39,8 @@ def compare_models(
     max_examples: int | None,
     output: Path | None,
     console: Console,
+    source: LabeledSourceConfig | None = None,
+    registry: str | None = None,
 ) -> list[dict[str, Any]]:
     import torch
     import transformers
@@ -42,12 +49,12 @@ def compare_models(
     from training.evaluation import format_classification_report, format_confusion_matrix
     from training.inference import evaluate_classifier, measure_latency
 
-    if split not in ("test", "validation"):
-        raise EvalError(f"--split {split}: use test or validation")
+    if split not in SPLITS:
+        raise EvalError(f"--split {split}: use {', '.join(SPLITS)}")
     torch.set_num_threads(threads)
     transformers.utils.logging.disable_progress_bar()  # the tables are the output
-    loaded = [load_model(handover.resolve_model(ref)) for ref in refs]
-    held_out = held_out_split(refs, loaded, split, max_examples)
+    loaded = [load_model(handover.resolve_model(ref, registry)) for ref in refs]
+    held_out = held_out_split(refs, loaded, split, max_examples, source)
     data, names = held_out.data, held_out.label_names
     texts, labels = held_out.texts, held_out.labels
 
@@ -81,6 +88,30 @@ def compare_models(
     return results
 
 
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+def labeled_source(
+    path: str, data_format: str | None, text_column: str, label_column: str
+) -> LabeledSourceConfig:
+    """`--data` and its options as a labeled source; the format from the extension unless
+    given."""
+    from pydantic import ValidationError
+
+    from training.config import LabeledSourceConfig
+
+    kind = data_format or FORMATS.get(Path(path.rstrip("/")).suffix.lower())
+    if kind is None:
+        raise EvalError(f"--data {path}: name its format with --data-format csv|jsonl|parquet")
+    try:
+        return LabeledSourceConfig.model_validate(
+            {"kind": kind, "path": path, "text_column": text_column, "label_column": label_column}
+        )
+    except ValidationError as err:
+        reason = err.errors()[0]["msg"]
+        raise EvalError(f"--data-format {kind}: {reason}") from None
+
+
 @dataclasses.dataclass
 class HeldOutSplit:
     """Labeled examples of one split, rebuilt from a model's recipe."""
@@ -94,28 +125,64 @@ class HeldOutSplit:
 
 
 def held_out_split(
-    refs: list[str], models: list[LoadedModel], split: str = "test", max_examples: int | None = None
+    refs: list[str],
+    models: list[LoadedModel],
+    split: str = "test",
+    max_examples: int | None = None,
+    source: LabeledSourceConfig | None = None,
 ) -> HeldOutSplit:
-    """The `split` rows of the first model's recipe (its data section and seed), after checking
-    that every model is a classifier predicting that data's labels; `max_examples` keeps the
-    first rows only."""
+    """The `split` rows of the first model's recipe (its data section and seed), or of `source`
+    (`all`: every row), after checking that every model is a classifier predicting the data's
+    labels; `max_examples` keeps the first rows only."""
     from training import LabeledDataConfig
-    from training.labeled import load_splits
+    from training.labeled import (
+        all_rows,
+        check_labeled_source,
+        load_splits,
+        prepare_splits,
+        read_labeled,
+    )
 
     for ref, model in zip(refs, models, strict=True):
         if model.task != "classification":
             raise EvalError(f"{ref} is a {model.task} model; fmstack eval scores classifiers")
     recipe = models[0].manifest.get("recipe") or {}
-    if "data" not in recipe:
-        raise EvalError(f"{refs[0]} has no data recipe in its fmstack.json to rebuild the split")
-    data = LabeledDataConfig.model_validate(recipe["data"])
-    seed = recipe.get("train", {}).get("seed", 0)
-    splits = load_splits(data, seed)
-    names = splits.label_names
+    if source is None:
+        if split == "all":
+            raise EvalError(
+                "--split all needs --data: every row of a model's own data includes the rows it "
+                "was trained on"
+            )
+        if "data" not in recipe:
+            raise EvalError(
+                f"{refs[0]} has no data recipe in its fmstack.json to rebuild the split; name "
+                "labeled data with --data"
+            )
+        data = LabeledDataConfig.model_validate(recipe["data"])
+        seed = recipe.get("train", {}).get("seed", 0)
+        splits = load_splits(data, seed)
+        names = splits.label_names
+        rows = getattr(splits, split)
+    else:
+        # The models' own label space; every label in the data must be one of them.
+        names = models[0].label_names or []
+        if not names:
+            raise EvalError(f"{refs[0]} has no label names to score {source.path} against")
+        max_length = int((recipe.get("data") or {}).get("max_length", 128))
+        data = LabeledDataConfig(source=source, max_length=max_length)
+        seed = 0
+        check_labeled_source(source)
+        frame = read_labeled(source)
+        if split == "all":
+            rows = all_rows(frame, names, seed)
+        else:
+            fractions = {"validation_fraction": data.validation_fraction}
+            fractions["test_fraction"] = data.test_fraction
+            splits = prepare_splits(frame, names, **fractions, max_examples=None, seed=seed)
+            rows = getattr(splits, split)
     for ref, model in zip(refs, models, strict=True):
         if model.label_names != names:
             raise EvalError(f"{ref} predicts {model.label_names}, but the data has {names}")
-    rows = getattr(splits, split)
     if max_examples:
         rows = rows.head(max_examples)
     return HeldOutSplit(rows["text"].tolist(), rows["label"].tolist(), names, data, seed)

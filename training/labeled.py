@@ -30,6 +30,7 @@ __all__ = [
     "ROTTEN_TOMATOES_LABELS",
     "TEXT",
     "LabeledSplits",
+    "all_rows",
     "check_labeled_source",
     "label_names_for",
     "labeled_fingerprint",
@@ -207,6 +208,25 @@ def _dedup(df: pd.DataFrame) -> pd.DataFrame:
     return df[consistent].drop_duplicates(TEXT)
 
 
+def _encoded(df: pd.DataFrame, label_names: list[str], seed: int) -> pd.DataFrame:
+    """De-duplicated rows, labels as indices of `label_names`, in the split order."""
+    unknown = sorted(set(df[LABEL].astype(str)) - set(label_names))
+    if unknown:
+        raise DataSourceError(f"labels {unknown[:5]} are not among the label names {label_names}")
+    rows = _dedup(df)
+    index = {name: i for i, name in enumerate(label_names)}
+    return rows.assign(
+        label=rows[LABEL].astype(str).map(index).astype("int64"),
+        _key=np.array([_order_key(seed, t) for t in rows[TEXT]], dtype=np.uint64),
+    ).sort_values(["_key", TEXT], kind="stable")
+
+
+def all_rows(df: pd.DataFrame, label_names: list[str], seed: int = 0) -> pd.DataFrame:
+    """Every row of `df` (`text`, `label` as str) as `prepare_splits` cleans it, unsplit:
+    duplicates dropped, labels as indices of `label_names` (e.g. a model's own)."""
+    return _encoded(df, label_names, seed)[[TEXT, LABEL]].reset_index(drop=True)
+
+
 def prepare_splits(
     df: pd.DataFrame,
     label_names: list[str],
@@ -224,16 +244,7 @@ def prepare_splits(
     also test rows of the full run, and a model trained on a sample (a distillation teacher, say)
     never saw a row of the full run's validation or test split.
     """
-    unknown = sorted(set(df[LABEL].astype(str)) - set(label_names))
-    if unknown:
-        raise DataSourceError(f"labels {unknown[:5]} are not among the label names {label_names}")
-    rows = _dedup(df)
-    index = {name: i for i, name in enumerate(label_names)}
-    rows = rows.assign(
-        label=rows[LABEL].astype(str).map(index).astype("int64"),
-        _key=np.array([_order_key(seed, t) for t in rows[TEXT]], dtype=np.uint64),
-    ).sort_values(["_key", TEXT], kind="stable")
-
+    rows = _encoded(df, label_names, seed)
     groups = [rows[rows[LABEL] == i] for i in range(len(label_names))]
     counts = [len(g) for g in groups]
     wanted = counts

@@ -1,0 +1,90 @@
+"""`fmstack eval` on a user's labeled data, its splits and refusals, without Ray (the reading
+step is Ray Data's, tested in tests/integration; here it is stubbed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cluster.cli import app
+from cluster.evaluate import EvalError, labeled_source
+from tests.conftest import export_tiny_classifier
+
+# 40 distinct reviews and one repeat, which is scored once.
+ROWS = pd.DataFrame(
+    {
+        "text": [f"review number {i}" for i in range(40)] + ["review number 0"],
+        "label": ["fresh", "rotten"] * 20 + ["fresh"],
+    }
+)
+
+
+def test_the_data_format_follows_the_extension_or_the_option():
+    assert labeled_source("data/part-*.csv", None, "text", "label").kind == "csv"
+    assert labeled_source("s3://bucket/eval.jsonl", None, "review", "stars").text_column == "review"
+    assert labeled_source("data/", "parquet", "text", "label").kind == "parquet"
+    with pytest.raises(EvalError, match="name its format with --data-format"):
+        labeled_source("data/eval", None, "text", "label")
+    with pytest.raises(EvalError, match="--data-format xml"):
+        labeled_source("eval.xml", "xml", "text", "label")
+
+
+@pytest.fixture
+def user_data(monkeypatch, tmp_path: Path) -> Path:
+    from training import labeled
+
+    path = tmp_path / "eval.csv"
+    path.write_text("text,label\n")  # what the check before reading looks for
+    monkeypatch.setattr(labeled, "read_labeled", lambda source: ROWS.copy())
+    return path
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    return export_tiny_classifier(tmp_path / "model", seed=0)  # no data recipe of its own
+
+
+def _eval(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["eval", *args, "--threads", "1"])
+    return result.exit_code, result.output
+
+
+def test_eval_scores_every_row_of_the_users_data(user_data, model, tmp_path):
+    out = tmp_path / "results.json"
+    code, output = _eval(
+        str(model), "--data", str(user_data), "--split", "all", "--output", str(out)
+    )
+    assert code == 0, output
+    (result,) = json.loads(out.read_text())
+    assert result["split"] == "all" and result["examples"] == 40 and result["threads"] == 1
+    assert result["report"]["weighted avg"]["support"] == 40
+    assert sum(map(sum, result["confusion_matrix"])) == 40
+    for batch in ("batch_1", "batch_32"):
+        assert result["latency"][batch]["p50_ms"] > 0
+    assert "all split, 1 threads" in output
+
+
+def test_eval_takes_a_split_of_the_users_data(user_data, model, tmp_path):
+    out = tmp_path / "results.json"
+    code, output = _eval(str(model), "--data", str(user_data), "--output", str(out))
+    assert code == 0, output
+    assert json.loads(out.read_text())[0]["examples"] == 8  # the 20% test split
+
+
+def test_eval_says_what_is_missing(user_data, model, tmp_path):
+    code, output = _eval(str(model))
+    assert code == 2 and "no data recipe" in output and "--data" in output
+    code, output = _eval(str(model), "--split", "all")
+    assert code == 2 and "--split all needs --data" in output
+    code, output = _eval(str(model), "--data", str(tmp_path / "missing.csv"))
+    assert code == 2 and "missing.csv does not exist" in output
+    ROWS.loc[0, "label"] = "meh"
+    try:
+        code, output = _eval(str(model), "--data", str(user_data), "--split", "all")
+    finally:
+        ROWS.loc[0, "label"] = "fresh"
+    assert code == 2 and "labels ['meh'] are not among the label names" in output
