@@ -46,6 +46,13 @@ def test_finetune_then_distill_a_classifier(ray_cluster, tiny_encoder, tmp_path,
     saved = json.loads(Path(teacher.model_dir, "evaluation.json").read_text())
     assert saved["report"]["accuracy"] == pytest.approx(report["accuracy"])
     assert saved["report"]["fresh"] == pytest.approx(report["fresh"])
+    # The confusion matrix saved with the model: rows are the true labels, the diagonal is
+    # what the accuracy counts.
+    matrix = saved["confusion_matrix"]
+    assert [sum(row) for row in matrix] == [test["label"].tolist().count(i) for i in (0, 1)]
+    assert (matrix[0][0] + matrix[1][1]) / len(test) == pytest.approx(report["accuracy"])
+    saved_text = (Path(teacher.model_dir) / "classification_report.txt").read_text()
+    assert "confusion matrix (rows: true)" in saved_text
     assert manifest["metrics"]["accuracy"] == pytest.approx(report["accuracy"])
     assert "precision    recall  f1-score   support" in teacher.report
     assert manifest["metrics"]["best_step"] >= 1
