@@ -49,11 +49,11 @@ def pretrain(config: ConfigOption, address: AddressOption = None, set: SetOption
     from training.data import DataSourceError
 
     try:
-        cfg, _ = handover.resolve_start_model(load_recipe(config, parse_overrides(set)))
+        cfg, origin = handover.resolve_start_model(load_recipe(config, parse_overrides(set)))
     except (RecipeError, handover.RegistryError, FileNotFoundError) as err:
         raise _fail(str(err)) from None
     try:
-        result = run_pretraining(cfg, address=address)
+        result = run_pretraining(cfg, address=address, origin=origin)
     except (DataSourceError, FileNotFoundError) as err:
         raise _fail(str(err)) from None
     m = result.metrics

@@ -155,8 +155,12 @@ def prepare_tokenizer(cfg: TokenizerConfig, documents: Any, run_dir: str) -> str
     return uri
 
 
-def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> PretrainResult:
-    """Run a pretraining job to completion (or resume it) and export its model."""
+def run_pretraining(
+    cfg: PretrainConfig, address: str | None = None, origin: dict[str, Any] | None = None
+) -> PretrainResult:
+    """Run a pretraining job to completion (or resume it) and export its model. `origin`
+    describes where a distillation teacher came from (e.g. the registry version a `models:/`
+    reference resolved to), for the new model's lineage."""
     teacher_dir = preflight(cfg)
     tokenizer_cfg = cfg.tokenizer_config
     if teacher_dir is not None:  # the student speaks the teacher's vocabulary
@@ -185,7 +189,11 @@ def run_pretraining(cfg: PretrainConfig, address: str | None = None) -> Pretrain
         "teacher_dir": str(teacher_dir) if teacher_dir else None,
         "lineage": {
             "base_model": None,
-            "teacher": {"ref": cfg.distillation.teacher, "path": str(teacher_dir)}
+            "teacher": {
+                "ref": cfg.distillation.teacher,
+                "path": str(teacher_dir),
+                **(origin or {}),
+            }
             if cfg.distillation and teacher_dir
             else None,
             "dataset": {
