@@ -101,14 +101,38 @@ def read_paths(src: SourceConfig) -> str | list[str]:
     return [str(f) for f in source_files(src)]
 
 
+def update_with_files(digest: Any, src: SourceConfig) -> None:
+    """Add what a source reads to `digest`: local files' names and bytes; for object storage,
+    each file's path, size and modification time (reading every byte back would cost as much
+    as the job's own read)."""
+    if src.path is not None and is_uri(src.path):
+        for path, size, mtime in _remote_files(src.path):
+            digest.update(f"{path}:{size}:{mtime}".encode())
+        return
+    for f in source_files(src):
+        digest.update(f.name.encode())
+        digest.update(f.read_bytes())
+
+
+def _remote_files(uri: str) -> list[tuple[str, int | None, float | None]]:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    else:
+        infos = [info]
+    files = [i for i in infos if i.type == pafs.FileType.File]
+    return sorted((i.path, i.size, i.mtime.timestamp() if i.mtime else None) for i in files)
+
+
 def dataset_fingerprint(cfg: DataConfig) -> str:
-    """A hash of what was read: source descriptions and, for local files, their bytes."""
+    """A hash of what was read: source descriptions and the files behind them."""
     digest = hashlib.sha256()
     for src in cfg.sources:
         digest.update(src.model_dump_json().encode())
-        for f in source_files(src):
-            digest.update(f.name.encode())
-            digest.update(f.read_bytes())
+        update_with_files(digest, src)
     digest.update(f"{cfg.seq_len}:{cfg.validation_fraction}".encode())
     return digest.hexdigest()
 

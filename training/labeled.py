@@ -21,7 +21,13 @@ import pandas as pd
 
 from training.assets import ROTTEN_TOMATOES, require
 from training.config import LabeledDataConfig, LabeledSourceConfig, SourceConfig
-from training.data import DataSourceError, _check_uri, read_paths, source_files
+from training.data import (
+    DataSourceError,
+    _check_uri,
+    read_paths,
+    source_files,
+    update_with_files,
+)
 from training.storage import is_uri
 
 __all__ = [
@@ -334,15 +340,18 @@ def perturbed_copies(
 
 
 def labeled_fingerprint(data_cfg: LabeledDataConfig, seed: int) -> str:
-    """A hash of what was read and how it was split: the source description, the bytes of its
-    local files (or the packaged file), the split parameters and the seed that orders them."""
+    """A hash of what was read and how it was split: the source description, its files (see
+    `update_with_files`; the packaged file's bytes), the split parameters and the seed that
+    orders them."""
     src = data_cfg.source
     digest = hashlib.sha256()
     digest.update(src.model_dump_json().encode())
-    files = [_packaged_file()] if src.path is None else source_files(_as_source(src))
-    for f in files:
-        digest.update(f.name.encode())
-        digest.update(f.read_bytes())
+    if src.path is None:
+        packaged = _packaged_file()
+        digest.update(packaged.name.encode())
+        digest.update(packaged.read_bytes())
+    else:
+        update_with_files(digest, _as_source(src))
     digest.update(
         f"{data_cfg.validation_fraction}:{data_cfg.test_fraction}:{data_cfg.max_examples}:"
         f"{seed}".encode()

@@ -308,3 +308,18 @@ def test_perturbed_copies_without_perturbation_repeat_the_texts():
     frame = pd.DataFrame({"text": ["one two three", "four five"], "label": [0, 1]})
     copies = perturbed_copies(frame, 2, word_dropout=0.0, swap_probability=0.0, seed=0)
     assert copies["text"].tolist() == frame["text"].tolist() * 2
+
+
+def test_fingerprint_of_object_storage_follows_its_files(tmp_path: Path):
+    # A file:// URI stands in for s3:// and gs://: the same pyarrow.fs code lists them.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.csv").write_text("text,label\ngood,1\n")
+    cfg = LabeledDataConfig(source=LabeledSourceConfig(kind="csv", path=f"file://{data}"))
+    first = labeled_fingerprint(cfg, seed=0)
+    assert labeled_fingerprint(cfg, seed=0) == first
+    (data / "b.csv").write_text("text,label\nbad,0\n")
+    second = labeled_fingerprint(cfg, seed=0)
+    assert second != first
+    (data / "b.csv").write_text("text,label\nbad,0\nawful,0\n")
+    assert labeled_fingerprint(cfg, seed=0) != second
