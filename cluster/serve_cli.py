@@ -327,14 +327,17 @@ def down(
         bool, typer.Option("--stop-ray", help="Also stop Ray on this machine (`ray stop`)")
     ] = False,
 ) -> None:
-    """Delete the Serve applications (and, with --stop-ray, stop the local Ray cluster)."""
+    """Shut Serve down with every application on the cluster, fmstack's and any other (and,
+    with --stop-ray, stop the local Ray cluster)."""
     if _reachable(address):
         client = _client(address)
         try:
+            names = sorted(client.details().get("applications") or {})
             client.delete()
         except (RuntimeError, OSError) as err:
             _fail(describe(err, address))
-        console.print(f"deleted the Serve applications on {address}")
+        deleted = ", ".join(names) or "none were running"
+        console.print(f"shut Serve down on {address}; applications: {deleted}")
     else:
         console.print(f"no Ray cluster at {address}")
     if stop_ray:
