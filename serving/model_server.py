@@ -193,7 +193,8 @@ class ModelServer:
                 version = wanted
             elif version is None:
                 # The version the alias names, so that a failure is recorded against it.
-                version = await asyncio.to_thread(alias_target, ref, self.registry)
+                with contextlib.suppress(Exception):  # the load below reports any error
+                    version = await asyncio.to_thread(alias_target, ref, self.registry)
             key = f"{ref}#{version}"
             try:
                 served = await asyncio.to_thread(

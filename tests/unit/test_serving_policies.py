@@ -561,3 +561,22 @@ def test_generation_requests_stay_within_the_limits():
         with pytest.raises(ApiError, match=message) as refused:
             generation_request(body, limits)
         assert refused.value.status == 422
+
+
+def test_a_running_replica_asked_for_a_model_that_does_not_resolve_keeps_its_own(
+    tmp_path, outside_a_replica
+):
+    from serving import model_server
+    from tests.conftest import export_tiny_classifier
+
+    path = str(export_tiny_classifier(tmp_path / "tiny", seed=0))
+
+    async def scenario() -> dict:
+        server = model_server.ModelServer("full", str(tmp_path / "registry"))
+        await server.reconfigure({"model": path})
+        await server.reconfigure({"model": "models:/nothing@production"})
+        return server.info()
+
+    info = asyncio.run(scenario())
+    assert info["model"] == path and info["loaded"]
+    assert "could not load models:/nothing@production" in info["last_error"]
