@@ -176,9 +176,14 @@ def held_out_split(
         if split == "all":
             rows = all_rows(frame, names, seed)
         else:
-            fractions = {"validation_fraction": data.validation_fraction}
-            fractions["test_fraction"] = data.test_fraction
-            splits = prepare_splits(frame, names, **fractions, max_examples=None, seed=seed)
+            splits = prepare_splits(
+                frame,
+                names,
+                validation_fraction=data.validation_fraction,
+                test_fraction=data.test_fraction,
+                max_examples=None,
+                seed=seed,
+            )
             rows = getattr(splits, split)
     for ref, model in zip(refs, models, strict=True):
         if model.label_names != names:

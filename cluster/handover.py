@@ -4,7 +4,6 @@ job starts, and register (and gate-promote) its export when it ends."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -75,23 +74,19 @@ def check_student(cfg: Any) -> None:
 
 def _model_config(model: str) -> SimpleNamespace | None:
     """The config.json of a model directory, URI or packaged model; None where there is none
-    to read."""
-    from training.assets import PACKAGED_MODELS, cache_dir
+    to read. Of a URI only that file is read, not the whole model."""
+    from training.inference import resolve_model_dir
     from training.storage import is_uri, join
 
-    if model in PACKAGED_MODELS and not Path(model).exists():
-        model = str(cache_dir() / PACKAGED_MODELS[model])
-    config = join(model, "config.json")
     try:
-        if is_uri(config):
+        if is_uri(model):
             import pyarrow.fs as pafs
 
-            fs, path = pafs.FileSystem.from_uri(config)
+            fs, path = pafs.FileSystem.from_uri(join(model, "config.json"))
             with fs.open_input_stream(path) as f:
-                text = f.read().decode()
+                fields = json.loads(f.read())
         else:
-            text = Path(config).expanduser().read_text()
-        fields = json.loads(text)
+            fields = json.loads((resolve_model_dir(model) / "config.json").read_text())
         keys = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
         return SimpleNamespace(**{key: int(fields[key]) for key in keys})
     except (OSError, ValueError, KeyError, TypeError):

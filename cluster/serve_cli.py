@@ -30,6 +30,7 @@ from cluster.registry import (
     is_model_ref,
     parse_ref,
 )
+from training.storage import is_uri
 
 if TYPE_CHECKING:
     from serving import ServeConfig
@@ -105,7 +106,7 @@ def _cluster_notes(cfg: ServeConfig) -> list[str]:
             f"http.host is {cfg.http.host}: in a RayService pod nothing outside the pod reaches "
             "it; add --set http.host=0.0.0.0"
         )
-    if cfg.registry and "://" not in cfg.registry:
+    if cfg.registry and not is_uri(cfg.registry):
         notes.append(
             f"registry is the local path {cfg.registry}: the cluster's pods need it at the same "
             "path (a mounted volume), or use --set registry=s3://..."

@@ -627,18 +627,13 @@ def deployment_options(config: ServeConfig, variant: str) -> dict[str, Any]:
 
 def _actor_options(variant: VariantConfig) -> dict[str, Any]:
     extra = variant.ray_actor_options
-    options: dict[str, Any] = {
+    return {
         "num_cpus": variant.num_cpus,
         "num_gpus": variant.num_gpus,
         "runtime_env": {"env_vars": {**MODEL_REPLICA_ENV, **extra.env_vars}},
+        # memory, resources, accelerator_type: only those the config sets
+        **extra.model_dump(exclude={"env_vars"}, exclude_defaults=True),
     }
-    if extra.memory is not None:
-        options["memory"] = extra.memory
-    if extra.resources:
-        options["resources"] = dict(extra.resources)
-    if extra.accelerator_type is not None:
-        options["accelerator_type"] = extra.accelerator_type
-    return options
 
 
 def ingress_options(config: ServeConfig) -> dict[str, Any]:
