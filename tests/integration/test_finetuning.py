@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,8 @@ def test_finetune_then_distill_a_classifier(ray_cluster, tiny_encoder, tmp_path,
             },
             "student": {"num_layers": 1},
             "deepspeed": {"zero_stage": 3},
+            # A validation pass every 8 of 56 steps, stopping at the first that is no better.
+            "train": {**recipe["train"], "eval_every": 8, "early_stopping_patience": 1},
             "checkpoint": {"storage_path": str(tmp_path / "runs"), "run_name": "tiny-student"},
         },
         schema=DistillConfig,
@@ -89,6 +92,12 @@ def test_finetune_then_distill_a_classifier(ray_cluster, tiny_encoder, tmp_path,
     assert student_model.model.config.num_hidden_layers == 1
     assert student_model.parameters < loaded.parameters
     assert 0.0 <= student.metrics["accuracy"] <= 1.0
+    # Early stopping: the run ended before its 56 steps, one pass after its best checkpoint,
+    # which is the one exported.
+    stop = re.search(r"early stopping at step (\d+): .* \(best at step (\d+)\)", printed)
+    assert stop, printed[-2000:]
+    stopped, best = int(stop[1]), int(stop[2])
+    assert stopped < 56 and best == stopped - 8 == s_manifest["metrics"]["best_step"]
 
 
 def test_causal_lm_distillation_from_a_frozen_teacher(ray_cluster, tmp_path):
