@@ -137,22 +137,25 @@ def evaluate(
         typer.Argument(help="Exported model directories or registry refs (models:/name@alias)"),
     ],
     split: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="test or validation: that split of the first model's data recipe (or of "
-            "--data); all: every row of --data"
+            help="test (classifiers' default) or validation: that split of the first model's "
+            "data recipe or of --data; all: every row of --data (causal LMs' default with "
+            "--data). A causal LM's recipe holds out validation blocks only",
+            show_default=False,
         ),
-    ] = "test",
+    ] = None,
     data: Annotated[
         str | None,
         typer.Option(
-            help="Labeled CSV, JSONL or Parquet to score instead of the recipe's data (a file, "
-            "directory, local glob or s3:// / gs:// URI)"
+            help="Data to score instead of the recipe's (a file, directory, local glob or "
+            "s3:// / gs:// URI): labeled CSV, JSONL or Parquet for classifiers; text, JSONL, "
+            "CSV or Parquet for causal LMs"
         ),
     ] = None,
     data_format: Annotated[
         str | None,
-        typer.Option(help="csv, jsonl or parquet; default: from --data's file extension"),
+        typer.Option(help="csv, jsonl, parquet or text; default: from --data's file extension"),
     ] = None,
     text_column: Annotated[str, typer.Option(help="--data's text column")] = "text",
     label_column: Annotated[str, typer.Option(help="--data's label column")] = "label",
@@ -166,12 +169,13 @@ def evaluate(
     ] = None,
     output: Annotated[Path | None, typer.Option(help="Write the results as JSON here")] = None,
 ) -> None:
-    """Evaluate classifiers on a split: report, confusion matrix, latency at batch 1 and 32."""
-    from cluster.evaluate import EvalError, compare_models, labeled_source
+    """Evaluate classifiers (report, confusion matrix) or causal LMs (loss, perplexity) on
+    held-out data, with latency at batch 1 and 32, and compare them in one table."""
+    from cluster.evaluate import DataOption, EvalError, compare_models
 
     try:
-        source = labeled_source(data, data_format, text_column, label_column) if data else None
-        compare_models(models, split, threads, max_examples, output, console, source, registry)
+        option = DataOption(data, data_format, text_column, label_column) if data else None
+        compare_models(models, split, threads, max_examples, output, console, option, registry)
     except (EvalError, handover.RegistryError, FileNotFoundError, ValueError) as err:
         raise _fail(str(err)) from None
 

@@ -1,8 +1,11 @@
-"""`fmstack eval`: evaluate classifiers on a held-out split and compare them in one table.
+"""`fmstack eval`: evaluate classifiers or causal LMs on held-out data and compare them in one
+table.
 
-The split is rebuilt from the first model's own recipe (data section and seed), so a fine-tuned
-teacher and its distilled student are scored on exactly the examples neither was trained on. Or
-the examples come from labeled data the user names (`--data`): every row, or a split of it.
+The held-out data is rebuilt from the first model's own recipe, so that a teacher and its
+distilled student are scored on exactly what neither was trained on: a classifier's test or
+validation split (data section and seed), a causal LM's validation blocks (the same documents,
+packing and stable hash as its training run). Or it comes from data the user names (`--data`):
+labeled rows for classifiers, text for causal LMs; all of it, or a split.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from rich.table import Table
 from cluster import handover
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from training import LabeledDataConfig, LoadedModel
-    from training.config import LabeledSourceConfig
+    from training.config import DataConfig, LabeledSourceConfig, SourceConfig
 
 LATENCY_BATCHES = {1: 40, 32: 10}  # batch size -> timed batches
 
@@ -32,32 +37,80 @@ class EvalError(ValueError):
 SPLITS = ("test", "validation", "all")
 
 
+@dataclasses.dataclass(frozen=True)
+class DataOption:
+    """`--data` and its options, read as labeled rows or as documents once the models' task is
+    known."""
+
+    path: str
+    data_format: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+
+
 def compare_models(
     refs: list[str],
-    split: str,
+    split: str | None,
     threads: int,
     max_examples: int | None,
     output: Path | None,
     console: Console,
-    source: LabeledSourceConfig | None = None,
+    data: DataOption | None = None,
     registry: str | None = None,
 ) -> list[dict[str, Any]]:
+    """Evaluate every model on the same held-out data (`split` None: the task's default), print
+    the reports and a comparison table, and return the results."""
     import torch
     import transformers
 
     from training import load_model
-    from training.evaluation import format_classification_report, format_confusion_matrix
-    from training.inference import evaluate_classifier, measure_latency
 
-    if split not in SPLITS:
+    if split is not None and split not in SPLITS:
         raise EvalError(f"--split {split}: use {', '.join(SPLITS)}")
     torch.set_num_threads(threads)
     transformers.utils.logging.disable_progress_bar()  # the tables are the output
     loaded = [load_model(handover.resolve_model(ref, registry)) for ref in refs]
+    tasks = {model.task for model in loaded}
+    if tasks == {"causal_lm"}:
+        results = _evaluate_causal_lms(refs, loaded, split, threads, max_examples, data, console)
+        console.print(causal_comparison_table(results))
+    else:
+        for ref, model in zip(refs, loaded, strict=True):
+            if model.task != "classification":
+                raise EvalError(
+                    f"{ref} is a {model.task} model; fmstack eval compares classifiers, or "
+                    "causal LMs, with each other"
+                )
+        source = (
+            labeled_source(data.path, data.data_format, data.text_column, data.label_column)
+            if data
+            else None
+        )
+        results = _evaluate_classifiers(
+            refs, loaded, split or "test", threads, max_examples, source, console
+        )
+        console.print(comparison_table(results))
+    if output:
+        output.write_text(json.dumps(results, indent=2))
+        console.print(f"results written to {output}")
+    return results
+
+
+def _evaluate_classifiers(
+    refs: list[str],
+    loaded: list[LoadedModel],
+    split: str,
+    threads: int,
+    max_examples: int | None,
+    source: LabeledSourceConfig | None,
+    console: Console,
+) -> list[dict[str, Any]]:
+    from training.evaluation import format_classification_report, format_confusion_matrix
+    from training.inference import evaluate_classifier, measure_latency
+
     held_out = held_out_split(refs, loaded, split, max_examples, source)
     data, names = held_out.data, held_out.label_names
     texts, labels = held_out.texts, held_out.labels
-
     results = []
     for ref, model in zip(refs, loaded, strict=True):
         evaluation = evaluate_classifier(model, texts, labels, max_length=data.max_length)
@@ -81,10 +134,6 @@ def compare_models(
                 "latency": latency,
             }
         )
-    console.print(comparison_table(results))
-    if output:
-        output.write_text(json.dumps(results, indent=2))
-        console.print(f"results written to {output}")
     return results
 
 
@@ -218,5 +267,181 @@ def comparison_table(results: list[dict[str, Any]]) -> Table:
             f"{b32['p50_ms']:.0f}/{b32['p95_ms']:.0f}",
             f"{b32['examples_per_second']:,.0f}",
             f"{b32['examples_per_second'] / base:.2f}x",
+        )
+    return table
+
+
+# ---------------------------------------------------------------- causal language models
+
+LM_LATENCY_BATCHES = {1: 10, 32: 3}  # batch size -> timed batches of seq_len tokens
+DOCUMENT_FORMATS = {".txt": "text", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
+DOCUMENT_FORMATS |= {".parquet": "parquet"}
+
+
+def document_source(data: DataOption) -> SourceConfig:
+    """`--data` as text to score a causal LM on; the format from the extension unless given."""
+    from pydantic import ValidationError
+
+    from training.config import SourceConfig
+
+    kind = data.data_format or DOCUMENT_FORMATS.get(Path(data.path.rstrip("/")).suffix.lower())
+    if kind is None:
+        raise EvalError(
+            f"--data {data.path}: name its format with --data-format text|jsonl|csv|parquet"
+        )
+    if kind not in ("text", "jsonl", "csv", "parquet"):
+        raise EvalError(f"--data-format {kind}: use text, jsonl, csv or parquet")
+    try:
+        return SourceConfig.model_validate(
+            {"kind": kind, "path": data.path, "text_column": data.text_column}
+        )
+    except ValidationError as err:
+        raise EvalError(f"--data {data.path}: {err.errors()[0]['msg']}") from None
+
+
+@dataclasses.dataclass
+class HeldOutBlocks:
+    """Packed token blocks to score causal LMs on."""
+
+    blocks: np.ndarray
+    """Token ids, one block of `data.seq_len` per row."""
+    data: DataConfig
+    split: str
+
+
+def held_out_blocks(
+    refs: list[str],
+    models: list[LoadedModel],
+    split: str | None,
+    max_examples: int | None = None,
+    data: DataOption | None = None,
+) -> HeldOutBlocks:
+    """The validation blocks of the first model's recipe (its documents, packed by its
+    tokenizer as in training, chosen by the same stable hash), or the blocks of `data` (`all`
+    by default, or its `validation` blocks). Every model must share the first one's tokenizer:
+    losses over different tokens do not compare."""
+    import numpy as np
+
+    from training.config import DataConfig
+    from training.data import check_sources, configure_ray_data, pack_documents, read_documents
+
+    vocab = models[0].tokenizer.get_vocab()
+    for ref, model in zip(refs[1:], models[1:], strict=True):
+        if model.tokenizer.get_vocab() != vocab:
+            raise EvalError(
+                f"{ref} has another tokenizer than {refs[0]}; their losses count different "
+                "tokens and do not compare: evaluate them one at a time"
+            )
+    recipe_data = (models[0].manifest.get("recipe") or {}).get("data")
+    if data is None:
+        if split not in (None, "validation"):
+            raise EvalError(
+                f"--split {split}: a causal LM's recipe holds out validation blocks only; use "
+                "--split validation, or name held-out text with --data"
+            )
+        if not recipe_data or "sources" not in recipe_data:
+            raise EvalError(
+                f"{refs[0]} has no data recipe in its fmstack.json to rebuild its validation "
+                "blocks; name held-out text with --data"
+            )
+        cfg, split = DataConfig.model_validate(recipe_data), "validation"
+    else:
+        if split not in (None, "all", "validation"):
+            raise EvalError(
+                f"--split {split}: a causal LM scores --data whole (all) or its validation "
+                "blocks (validation)"
+            )
+        own = DataConfig.model_validate(recipe_data) if recipe_data else None
+        cfg = DataConfig(
+            sources=[document_source(data)],
+            seq_len=own.seq_len if own else DataConfig.model_fields["seq_len"].default,
+            validation_fraction=own.validation_fraction
+            if own
+            else DataConfig.model_fields["validation_fraction"].default,
+        )
+        split = split or "all"
+    check_sources(cfg)
+    configure_ray_data()
+    packed = pack_documents(cfg, read_documents(cfg), str(models[0].path), masked=False)
+    parts = [
+        b["input_ids"][b["is_validation"]] if split == "validation" else b["input_ids"]
+        for b in packed.iter_batches(batch_size=None, batch_format="numpy")
+    ]
+    blocks = np.concatenate(parts) if parts else np.zeros((0, cfg.seq_len), np.int32)
+    if max_examples:
+        blocks = blocks[:max_examples]
+    if not len(blocks):
+        raise EvalError(
+            f"no {split} blocks of {cfg.seq_len} tokens in the data; give more text"
+            + (" or score it all with --split all" if split == "validation" and data else "")
+        )
+    return HeldOutBlocks(blocks, cfg, split)
+
+
+def _evaluate_causal_lms(
+    refs: list[str],
+    loaded: list[LoadedModel],
+    split: str | None,
+    threads: int,
+    max_examples: int | None,
+    data: DataOption | None,
+    console: Console,
+) -> list[dict[str, Any]]:
+    from training.inference import evaluate_causal_lm, measure_block_latency
+
+    held_out = held_out_blocks(refs, loaded, split, max_examples, data)
+    blocks, seq_len = held_out.blocks, held_out.data.seq_len
+    results = []
+    for ref, model in zip(refs, loaded, strict=True):
+        evaluation = evaluate_causal_lm(model, blocks)
+        latency = {
+            f"batch_{bs}": measure_block_latency(model, blocks, batch_size=bs, batches=n)
+            for bs, n in LM_LATENCY_BATCHES.items()
+        }
+        console.print(
+            f"\n[bold]{ref}[/bold] ({held_out.split}: {len(blocks)} blocks of {seq_len} "
+            f"tokens): loss {evaluation['loss']:.4f}, perplexity {evaluation['perplexity']:.2f}"
+        )
+        results.append(
+            {
+                "model": ref,
+                "path": str(model.path),
+                "parameters": model.parameters,
+                "split": held_out.split,
+                "threads": threads,
+                "seq_len": seq_len,
+                **evaluation,
+                "latency": latency,
+            }
+        )
+    return results
+
+
+def causal_comparison_table(results: list[dict[str, Any]]) -> Table:
+    """One row per causal LM; speed-up is tokens/s at batch 32 relative to the first model."""
+    table = Table(
+        title=f"{results[0]['split']} blocks of {results[0]['seq_len']} tokens, "
+        f"{results[0]['threads']} threads",
+        caption="loss: mean next-token loss (nats); ppl: perplexity; b1, b32: forward latency "
+        "p50/p95 in ms at batch 1, 32; tok/s: tokens/s at batch 32; speed: over the first "
+        "model's",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("model", overflow="fold", min_width=12)
+    for column in ("params", "loss", "ppl", "b1", "b32", "tok/s", "speed"):
+        table.add_column(column, justify="right", no_wrap=True)
+    base = results[0]["latency"]["batch_32"]["tokens_per_second"]
+    for r in results:
+        b1, b32 = r["latency"]["batch_1"], r["latency"]["batch_32"]
+        table.add_row(
+            r["model"].removeprefix("models:/"),
+            f"{r['parameters'] / 1e6:.1f}M",
+            f"{r['loss']:.4f}",
+            f"{r['perplexity']:,.2f}",
+            f"{b1['p50_ms']:.0f}/{b1['p95_ms']:.0f}",
+            f"{b32['p50_ms']:.0f}/{b32['p95_ms']:.0f}",
+            f"{b32['tokens_per_second']:,.0f}",
+            f"{b32['tokens_per_second'] / base:.2f}x",
         )
     return table

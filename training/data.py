@@ -262,10 +262,13 @@ def _pack_batch(
     return {INPUT_IDS: blocks, "is_validation": val}
 
 
-def build_datasets(
-    cfg: PretrainConfig, documents: ray.data.Dataset, tokenizer_dir: str
-) -> tuple[ray.data.Dataset, ray.data.Dataset]:
-    """Packed, split and shuffled train and validation datasets, materialized once."""
+def pack_documents(
+    data: DataConfig, documents: ray.data.Dataset, tokenizer_dir: str, *, masked: bool
+) -> ray.data.Dataset:
+    """Documents tokenized and packed into blocks of `data.seq_len` tokens (`[CLS] ... [SEP]`
+    when `masked`), each marked `is_validation`; materialized. The same recipe and tokenizer
+    give the same blocks (Ray Data keeps their order), which lets evaluation find a run's
+    validation blocks again."""
     from training.tokenizer import load_tokenizer, separator_id
 
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -274,19 +277,26 @@ def build_datasets(
             f"tokenizer.path: {tokenizer_dir} has no tokenizer.json; fmstack needs a fast "
             "(Rust) tokenizer. Save one with transformers' AutoTokenizer(use_fast=True)"
         )
-    masked = cfg.objective == "masked_lm"
-    blocks = documents.map_batches(
+    return documents.map_batches(
         _pack_batch,  # type: ignore[arg-type]  # extra arguments arrive through fn_kwargs
         batch_size=256,
         batch_format="numpy",
         fn_kwargs={
             "tokenizer_dir": tokenizer_dir,
-            "seq_len": cfg.data.seq_len,
+            "seq_len": data.seq_len,
             "sep": separator_id(tokenizer),
             "frame": (tokenizer.cls_token_id, tokenizer.sep_token_id) if masked else None,
-            "fraction": cfg.data.validation_fraction,
+            "fraction": data.validation_fraction,
         },
     ).materialize()
+
+
+def build_datasets(
+    cfg: PretrainConfig, documents: ray.data.Dataset, tokenizer_dir: str
+) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """Packed, split and shuffled train and validation datasets, materialized once."""
+    masked = cfg.objective == "masked_lm"
+    blocks = pack_documents(cfg.data, documents, tokenizer_dir, masked=masked)
     train = blocks.filter(lambda r: not r["is_validation"]).select_columns([INPUT_IDS])
     val = blocks.filter(lambda r: r["is_validation"]).select_columns([INPUT_IDS])
     train = train.random_shuffle(seed=cfg.train.seed).materialize()

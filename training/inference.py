@@ -2,15 +2,17 @@
 
 `load_model` takes an fmstack export (or any plain Hugging Face directory, or a packaged model's
 name), verifies the export's checksums, and returns the model in eval mode with its tokenizer,
-task and label names. `classify` and `evaluate_classifier` run it on texts.
+task and label names. `classify` and `evaluate_classifier` run it on texts,
+`evaluate_causal_lm` on packed token blocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,17 +206,48 @@ def measure_latency(
     """
     if not texts:
         raise ValueError("measure_latency needs at least one text")
+
+    def inputs(i: int) -> dict[str, torch.Tensor]:
+        chunk = [texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)]
+        return loaded.tokenizer(
+            chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
+
+    return _timed_forward(loaded, inputs, batch_size, batches, warmup)
+
+
+def measure_block_latency(
+    loaded: LoadedModel, blocks: np.ndarray, *, batch_size: int, batches: int, warmup: int = 2
+) -> dict[str, float]:
+    """`measure_latency` for a language model on packed token blocks (rows of `blocks`), with
+    throughput also in tokens/s."""
+    if not len(blocks):
+        raise ValueError("measure_block_latency needs at least one block")
+
+    def inputs(i: int) -> dict[str, torch.Tensor]:
+        rows = [(i * batch_size + j) % len(blocks) for j in range(batch_size)]
+        return {"input_ids": torch.from_numpy(blocks[rows]).long()}
+
+    timing = _timed_forward(loaded, inputs, batch_size, batches, warmup)
+    return {**timing, "tokens_per_second": timing["examples_per_second"] * blocks.shape[1]}
+
+
+@torch.no_grad()
+def _timed_forward(
+    loaded: LoadedModel,
+    inputs: Callable[[int], dict[str, torch.Tensor]],
+    batch_size: int,
+    batches: int,
+    warmup: int,
+) -> dict[str, float]:
+    """Time the forward pass alone on `inputs(i)` for `warmup + batches` batches."""
     times = []
-    with torch.no_grad():
-        for i in range(warmup + batches):
-            chunk = [texts[(i * batch_size + j) % len(texts)] for j in range(batch_size)]
-            enc = loaded.tokenizer(
-                chunk, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-            )
-            start = time.perf_counter()
-            loaded.model(**enc)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+    for i in range(warmup + batches):
+        batch = inputs(i)
+        start = time.perf_counter()
+        loaded.model(**batch)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
     times_ms = sorted(t * 1000 for t in times)
     return {
         "batch_size": batch_size,
@@ -222,3 +255,27 @@ def measure_latency(
         "p95_ms": times_ms[min(len(times_ms) - 1, int(round(0.95 * (len(times_ms) - 1))))],
         "examples_per_second": batch_size * len(times) / sum(times),
     }
+
+
+# ---------------------------------------------------------------- language models
+
+
+@torch.no_grad()
+def evaluate_causal_lm(
+    loaded: LoadedModel, blocks: np.ndarray, *, batch_size: int = 8
+) -> dict[str, float]:
+    """Mean next-token loss (nats) and perplexity over packed token blocks, every position
+    predicting the next as in training."""
+    if loaded.task != "causal_lm":
+        raise ValueError(f"{loaded.path} is a {loaded.task} model, not a causal LM")
+    total, tokens = 0.0, 0
+    for i in range(0, len(blocks), batch_size):
+        ids = torch.from_numpy(blocks[i : i + batch_size]).long()
+        logits = loaded.model(input_ids=ids).logits[:, :-1].float()
+        targets = ids[:, 1:]
+        total += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+        ).item()
+        tokens += targets.numel()
+    loss = total / max(tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens, "blocks": len(blocks)}

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+from rich.console import Console
 from transformers import AutoTokenizer
 
+from cluster.evaluate import compare_models, held_out_blocks
 from tests.conftest import tiny_causal_distill_recipe, tiny_classifier_recipe
 from training import (
     DistillConfig,
@@ -21,6 +25,7 @@ from training import (
     run_pretraining,
     verify_files,
 )
+from training.data import build_datasets, read_documents
 from training.evaluation import classification_report
 from training.labeled import load_splits
 
@@ -108,6 +113,25 @@ def test_causal_lm_distillation_from_a_frozen_teacher(ray_cluster, tmp_path):
     student_tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
     assert student_tokenizer.get_vocab() == AutoTokenizer.from_pretrained(teacher_dir).get_vocab()
     assert result.metrics["step"] == 4
+
+    # `fmstack eval` finds the run's validation blocks again, and scores student and teacher
+    # on them.
+    cfg = parse_recipe(recipe)
+    _, validation = build_datasets(cfg, read_documents(cfg.data), result.model_dir)
+    trained_on = np.concatenate(
+        [b["input_ids"] for b in validation.iter_batches(batch_size=None, batch_format="numpy")]
+    )
+    models = [load_model(result.model_dir), load_model(teacher_dir)]
+    refs = [result.model_dir, str(teacher_dir)]
+    held_out = held_out_blocks(refs, models, None)
+    assert held_out.split == "validation" and np.array_equal(held_out.blocks, trained_on)
+    out = tmp_path / "eval.json"
+    compare_models(refs, None, 1, None, out, Console(file=io.StringIO()))
+    student_eval, teacher_eval = json.loads(out.read_text())
+    assert student_eval["blocks"] == teacher_eval["blocks"] == len(trained_on)
+    assert student_eval["parameters"] < teacher_eval["parameters"]
+    for evaluation in (student_eval, teacher_eval):
+        assert 0 < evaluation["loss"] < 10 and evaluation["latency"]["batch_32"]["p50_ms"] > 0
 
 
 def test_users_labeled_files_read_through_ray_data(ray_cluster, tmp_path):

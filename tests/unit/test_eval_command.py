@@ -1,5 +1,6 @@
-"""`fmstack eval` on a user's labeled data, its splits and refusals, without Ray (the reading
-step is Ray Data's, tested in tests/integration; here it is stubbed)."""
+"""`fmstack eval` on a user's labeled data, its splits and refusals, and causal LMs' loss and
+refusals, without Ray (the reading step is Ray Data's, tested in tests/integration; here it is
+stubbed)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 from cluster.cli import app
 from cluster.evaluate import EvalError, labeled_source
-from tests.conftest import export_tiny_classifier
+from tests.conftest import export_tiny_causal_lm, export_tiny_classifier
 
 # 40 distinct reviews and one repeat, which is scored once.
 ROWS = pd.DataFrame(
@@ -88,3 +89,67 @@ def test_eval_says_what_is_missing(user_data, model, tmp_path):
     finally:
         ROWS.loc[0, "label"] = "fresh"
     assert code == 2 and "labels ['meh'] are not among the label names" in output
+
+
+# ---------------------------------------------------------------- causal language models
+
+
+@pytest.fixture(scope="module")
+def causal_lm(tmp_path_factory) -> Path:
+    return export_tiny_causal_lm(tmp_path_factory.mktemp("causal"))  # no data recipe
+
+
+def test_causal_lm_loss_is_the_models_own_next_token_loss(causal_lm):
+    import numpy as np
+    import torch
+
+    from training import load_model
+    from training.inference import evaluate_causal_lm, measure_block_latency
+
+    loaded = load_model(causal_lm)
+    blocks = np.random.default_rng(0).integers(0, 1000, size=(5, 16), dtype=np.int32)
+    result = evaluate_causal_lm(loaded, blocks, batch_size=2)
+    ids = torch.from_numpy(blocks).long()
+    with torch.no_grad():
+        expected = loaded.model(input_ids=ids, labels=ids).loss.item()
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
+    assert result["perplexity"] == pytest.approx(np.exp(expected), rel=1e-5)
+    assert result["tokens"] == 5 * 15 and result["blocks"] == 5
+    timing = measure_block_latency(loaded, blocks, batch_size=4, batches=2)
+    assert timing["tokens_per_second"] == pytest.approx(timing["examples_per_second"] * 16)
+
+
+def test_eval_of_causal_lms_says_what_it_needs(causal_lm, model, tmp_path):
+    code, output = _eval(str(causal_lm))
+    assert code == 2 and "no data recipe" in output and "--data" in output
+    code, output = _eval(str(causal_lm), "--split", "test")
+    assert code == 2 and "validation blocks only" in output
+    code, output = _eval(str(causal_lm), "--data", str(tmp_path / "held-out"))
+    assert code == 2 and "--data-format text|jsonl|csv|parquet" in output
+    code, output = _eval(str(causal_lm), "--data", str(tmp_path / "held-out.txt"))
+    assert code == 2 and "held-out.txt does not exist" in output
+    # A classifier and a causal LM do not compare; nor do two different tokenizers.
+    code, output = _eval(str(model), str(causal_lm))
+    assert code == 2 and "is a causal_lm model" in output
+    other = tmp_path / "other-lm"
+    _tiny_causal_lm_with_the_minilm_tokenizer(other)
+    code, output = _eval(str(causal_lm), str(other), "--data", str(tmp_path / "held-out.txt"))
+    assert code == 2 and "has another tokenizer" in output
+
+
+def _tiny_causal_lm_with_the_minilm_tokenizer(out: Path) -> None:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from training.assets import PACKAGED_MODELS, require
+
+    tokenizer = AutoTokenizer.from_pretrained(require(PACKAGED_MODELS["minilm"], "MiniLM"))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
