@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -243,30 +244,51 @@ def held_out_split(
 
 
 def comparison_table(results: list[dict[str, Any]]) -> Table:
-    """One row per model; speed-up is throughput at batch 32 relative to the first model."""
-    table = Table(
-        title=f"{results[0]['split']} split, {results[0]['threads']} threads",
+    """Classifiers, one row each; speed-up is throughput at batch 32 over the first model's."""
+    return _comparison_table(
+        results,
+        title=f"{results[0]['split']} split",
         caption="b1, b32: latency p50/p95 in ms at batch 1, 32; b32/s: examples/s at batch 32; "
         "speed: b32/s over the first model's",
+        scores={
+            "acc": lambda r: f"{r['metrics']['accuracy']:.4f}",
+            "macro F1": lambda r: f"{r['metrics']['macro_f1']:.4f}",
+        },
+        rate=("b32/s", "examples_per_second"),
+    )
+
+
+def _comparison_table(
+    results: list[dict[str, Any]],
+    *,
+    title: str,
+    caption: str,
+    scores: dict[str, Callable[[dict[str, Any]], str]],
+    rate: tuple[str, str],
+) -> Table:
+    """Parameters, `scores`, latency at batch 1 and 32, the batch-32 `rate` (column, latency
+    key) and its ratio to the first model's."""
+    table = Table(
+        title=f"{title}, {results[0]['threads']} threads",
+        caption=caption,
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     # Numbers never wrap; long model references fold, so the table fits 80 columns.
     table.add_column("model", overflow="fold", min_width=12)
-    for column in ("params", "acc", "macro F1", "b1", "b32", "b32/s", "speed"):
+    for column in ("params", *scores, "b1", "b32", rate[0], "speed"):
         table.add_column(column, justify="right", no_wrap=True)
-    base = results[0]["latency"]["batch_32"]["examples_per_second"]
+    base = results[0]["latency"]["batch_32"][rate[1]]
     for r in results:
         b1, b32 = r["latency"]["batch_1"], r["latency"]["batch_32"]
         table.add_row(
             r["model"].removeprefix("models:/"),
             f"{r['parameters'] / 1e6:.1f}M",
-            f"{r['metrics']['accuracy']:.4f}",
-            f"{r['metrics']['macro_f1']:.4f}",
+            *(score(r) for score in scores.values()),
             f"{b1['p50_ms']:.0f}/{b1['p95_ms']:.0f}",
             f"{b32['p50_ms']:.0f}/{b32['p95_ms']:.0f}",
-            f"{b32['examples_per_second']:,.0f}",
-            f"{b32['examples_per_second'] / base:.2f}x",
+            f"{b32[rate[1]]:,.0f}",
+            f"{b32[rate[1]] / base:.2f}x",
         )
     return table
 
@@ -418,30 +440,16 @@ def _evaluate_causal_lms(
 
 
 def causal_comparison_table(results: list[dict[str, Any]]) -> Table:
-    """One row per causal LM; speed-up is tokens/s at batch 32 relative to the first model."""
-    table = Table(
-        title=f"{results[0]['split']} blocks of {results[0]['seq_len']} tokens, "
-        f"{results[0]['threads']} threads",
+    """Causal LMs, one row each; speed-up is tokens/s at batch 32 over the first model's."""
+    return _comparison_table(
+        results,
+        title=f"{results[0]['split']} blocks of {results[0]['seq_len']} tokens",
         caption="loss: mean next-token loss (nats); ppl: perplexity; b1, b32: forward latency "
         "p50/p95 in ms at batch 1, 32; tok/s: tokens/s at batch 32; speed: over the first "
         "model's",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
+        scores={
+            "loss": lambda r: f"{r['loss']:.4f}",
+            "ppl": lambda r: f"{r['perplexity']:,.2f}",
+        },
+        rate=("tok/s", "tokens_per_second"),
     )
-    table.add_column("model", overflow="fold", min_width=12)
-    for column in ("params", "loss", "ppl", "b1", "b32", "tok/s", "speed"):
-        table.add_column(column, justify="right", no_wrap=True)
-    base = results[0]["latency"]["batch_32"]["tokens_per_second"]
-    for r in results:
-        b1, b32 = r["latency"]["batch_1"], r["latency"]["batch_32"]
-        table.add_row(
-            r["model"].removeprefix("models:/"),
-            f"{r['parameters'] / 1e6:.1f}M",
-            f"{r['loss']:.4f}",
-            f"{r['perplexity']:,.2f}",
-            f"{b1['p50_ms']:.0f}/{b1['p95_ms']:.0f}",
-            f"{b32['p50_ms']:.0f}/{b32['p95_ms']:.0f}",
-            f"{b32['tokens_per_second']:,.0f}",
-            f"{b32['tokens_per_second'] / base:.2f}x",
-        )
-    return table

@@ -13,7 +13,11 @@ from typer.testing import CliRunner
 
 from cluster.cli import app
 from cluster.evaluate import EvalError, labeled_source
-from tests.conftest import export_tiny_causal_lm, export_tiny_classifier
+from tests.conftest import (
+    export_tiny_causal_lm,
+    export_tiny_classifier,
+    tiny_causal_distill_recipe,
+)
 
 # 40 distinct reviews and one repeat, which is scored once.
 ROWS = pd.DataFrame(
@@ -131,25 +135,6 @@ def test_eval_of_causal_lms_says_what_it_needs(causal_lm, model, tmp_path):
     # A classifier and a causal LM do not compare; nor do two different tokenizers.
     code, output = _eval(str(model), str(causal_lm))
     assert code == 2 and "is a causal_lm model" in output
-    other = tmp_path / "other-lm"
-    _tiny_causal_lm_with_the_minilm_tokenizer(other)
+    _, other = tiny_causal_distill_recipe(tmp_path, "other")  # a Llama with its own tokenizer
     code, output = _eval(str(causal_lm), str(other), "--data", str(tmp_path / "held-out.txt"))
     assert code == 2 and "has another tokenizer" in output
-
-
-def _tiny_causal_lm_with_the_minilm_tokenizer(out: Path) -> None:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from training.assets import PACKAGED_MODELS, require
-
-    tokenizer = AutoTokenizer.from_pretrained(require(PACKAGED_MODELS["minilm"], "MiniLM"))
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
