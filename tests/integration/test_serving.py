@@ -387,6 +387,32 @@ def test_server_stays_healthy_after_bad_input(served):
     assert request(base, "/v1/classify", {"texts": ["fine"]})[0] == 200
 
 
+def test_a_variant_scaled_to_zero_loads_on_demand(served):
+    """`/readyz` leaves a `min_replicas: 0` variant asleep; `/v1/models` answers without
+    waiting for it; a request names it and is answered once a replica has started. The
+    application runs two ingress replicas."""
+    from serving.app import INFO_TIMEOUT_S, INGRESS
+
+    base = served["base"] + "/secure"
+    assert _replicas(served, INGRESS, app="secure") == 2
+    status, _, ready = request(base, "/readyz")
+    assert status == 200 and ready["variants"] == ["distilled"]
+    assert ready["on_demand"] == ["spare"]
+    assert _replicas(served, "model-spare", app="secure") == 0
+
+    started = time.monotonic()
+    status, _, models = request(base, "/v1/models", key=API_KEY)
+    assert status == 200 and time.monotonic() - started < INFO_TIMEOUT_S + 5
+    spare = models["variants"]["spare"]
+    # The call above woke the variant; its replica may have loaded within the limit.
+    assert spare["loaded"] or f"within {INFO_TIMEOUT_S:g} s" in spare["last_error"]
+
+    body = {"texts": ["a fine film"], "model": "spare"}
+    status, _, answer = request(base, "/v1/classify", body, key=API_KEY, timeout=120)
+    assert status == 200 and answer["variant"] == "spare"
+    assert request(base, "/readyz")[0] == 200
+
+
 def test_auth_guards_v1_but_not_health(served):
     base = served["base"] + "/secure"
     body = {"texts": ["a fine film"]}
@@ -407,35 +433,6 @@ def test_auth_guards_v1_but_not_health(served):
     }
     # The main application has auth off.
     assert request(served["base"], "/v1/classify", body)[0] == 200
-
-
-def test_a_variant_scaled_to_zero_loads_on_demand(served):
-    """`/readyz` leaves a `min_replicas: 0` variant asleep; `/v1/models` answers without
-    waiting for it; a request names it and is answered once a replica has started. The
-    application runs two ingress replicas."""
-    from serving.app import INFO_TIMEOUT_S, INGRESS
-
-    base = served["base"] + "/secure"
-    assert _replicas(served, INGRESS, app="secure") == 2
-    # Asked for by an earlier `/v1/models`, it may still be awake.
-    _wait(lambda: _replicas(served, "model-spare", app="secure") == 0, 90, "scaling to zero")
-    status, _, ready = request(base, "/readyz")
-    assert status == 200 and ready["variants"] == ["distilled"]
-    assert ready["on_demand"] == ["spare"]
-    assert _replicas(served, "model-spare", app="secure") == 0
-
-    started = time.monotonic()
-    status, _, models = request(base, "/v1/models", key=API_KEY)
-    assert status == 200 and time.monotonic() - started < INFO_TIMEOUT_S + 5
-    spare = models["variants"]["spare"]
-    # The call above woke the variant; its replica may have loaded within the limit.
-    assert spare["loaded"] or f"within {INFO_TIMEOUT_S:g} s" in spare["last_error"]
-
-    body = {"texts": ["a fine film"], "model": "spare"}
-    status, _, answer = request(base, "/v1/classify", body, key=API_KEY, timeout=120)
-    assert status == 200 and answer["variant"] == "spare"
-    assert request(base, "/readyz")[0] == 200
-    _wait(lambda: _replicas(served, "model-spare", app="secure") == 0, 90, "scaling to zero")
 
 
 # ---------------------------------------------------------------- autoscaling and recovery
