@@ -611,9 +611,7 @@ MODEL_REPLICA_ENV = {
 def deployment_options(config: ServeConfig, variant: str) -> dict[str, Any]:
     """Ray Serve options of one variant's model deployment."""
     v = config.variants[variant]
-    autoscaling = v.autoscaling.model_dump()
-    if autoscaling["initial_replicas"] is None:
-        del autoscaling["initial_replicas"]
+    autoscaling = v.autoscaling.model_dump(exclude_none=True)  # unset: Serve's defaults
     return {
         "name": config.deployment_name(variant),
         "autoscaling_config": autoscaling,

@@ -37,6 +37,15 @@ class AutoscalingConfig(_Config):
     """How long load must stay high before replicas are added."""
     downscale_delay_s: float = Field(default=30.0, ge=0)
     """How long load must stay low before replicas are removed."""
+    downscale_to_zero_delay_s: float | None = Field(default=None, ge=0)
+    """How long a variant with `min_replicas: 0` stays idle on its last replica before it is
+    removed; default downscale_delay_s."""
+    look_back_period_s: float | None = Field(default=None, gt=0)
+    """The window the load is averaged over; Serve's default 30 s."""
+    upscaling_factor: float | None = Field(default=None, gt=0)
+    """Damps (below 1) or speeds up (above 1) each upscaling decision."""
+    downscaling_factor: float | None = Field(default=None, gt=0)
+    """Damps (below 1) or speeds up (above 1) each downscaling decision."""
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
@@ -48,6 +57,11 @@ class AutoscalingConfig(_Config):
         initial = self.initial_replicas
         if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
             raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        if self.downscale_to_zero_delay_s is not None and self.min_replicas > 0:
+            raise ValueError(
+                "downscale_to_zero_delay_s applies to min_replicas: 0 only; remove it or set "
+                "min_replicas: 0"
+            )
         return self
 
 

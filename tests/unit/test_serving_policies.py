@@ -60,6 +60,29 @@ def test_bad_routes_name_the_key(routes, message):
 def test_autoscaling_bounds_are_checked():
     with pytest.raises(RecipeError, match="max_replicas .* at least min_replicas"):
         parse_serve_config({"variants": {"a": {"model": "x", "autoscaling": {"min_replicas": 3}}}})
+    with pytest.raises(RecipeError, match="downscale_to_zero_delay_s applies to min_replicas: 0"):
+        config(variants={"a": {"model": "x", "autoscaling": {"downscale_to_zero_delay_s": 5}}})
+
+
+def test_autoscaling_settings_left_unset_keep_serves_defaults():
+    from ray.serve.schema import ServeDeploySchema
+
+    tuned = {"min_replicas": 0, "downscale_to_zero_delay_s": 60, "look_back_period_s": 5}
+    tuned |= {"upscaling_factor": 2.0, "downscaling_factor": 0.5}
+    built = serve_config(config(variants={"a": {"model": "x", "autoscaling": tuned}}))
+    app = ServeDeploySchema.model_validate(built).applications[0]
+    (deployment,) = [d for d in app.deployments if d.name == "model-a"]
+    autoscaling = dict(deployment.autoscaling_config)
+    assert {key: autoscaling[key] for key in tuned} == tuned
+    plain = serve_config(config(variants={"a": {"model": "x"}}))["applications"][0]
+    (options,) = [d for d in plain["deployments"] if d["name"] == "model-a"]
+    assert set(options["autoscaling_config"]) == {
+        "min_replicas",
+        "max_replicas",
+        "target_ongoing_requests",
+        "upscale_delay_s",
+        "downscale_delay_s",
+    }
 
 
 def test_fixed_and_requested_variants():
