@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -173,6 +174,9 @@ def evaluate(
     held-out data, with latency at batch 1 and 32, and compare them in one table."""
     from cluster.evaluate import DataOption, EvalError, compare_models
 
+    # The tables are the output, not Ray Data's notes on each read of --data or a causal LM's
+    # documents (read from the environment when Ray Data is imported, here and in Ray's workers).
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     try:
         option = DataOption(data, data_format, text_column, label_column) if data else None
         compare_models(models, split, threads, max_examples, output, console, option, registry)

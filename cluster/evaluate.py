@@ -1,11 +1,11 @@
-"""`fmstack eval`: evaluate classifiers or causal LMs on held-out data and compare them in one
-table.
+"""`fmstack eval`: evaluate classifiers or language models on held-out data and compare them in
+one table.
 
 The held-out data is rebuilt from the first model's own recipe, so that a teacher and its
 distilled student are scored on exactly what neither was trained on: a classifier's test or
-validation split (data section and seed), a causal LM's validation blocks (the same documents,
-packing and stable hash as its training run). Or it comes from data the user names (`--data`):
-labeled rows for classifiers, text for causal LMs; all of it, or a split.
+validation split (data section and seed), a causal or masked LM's validation blocks (the same
+documents, packing and stable hash as its training run). Or it comes from data the user names
+(`--data`): labeled rows for classifiers, text for language models; all of it, or a split.
 """
 
 from __future__ import annotations
@@ -72,15 +72,17 @@ def compare_models(
     transformers.utils.logging.disable_progress_bar()  # the tables are the output
     loaded = [load_model(handover.resolve_model(ref, registry)) for ref in refs]
     tasks = {model.task for model in loaded}
-    if tasks == {"causal_lm"}:
-        results = _evaluate_causal_lms(refs, loaded, split, threads, max_examples, data, console)
-        console.print(causal_comparison_table(results))
+    if tasks in ({"causal_lm"}, {"masked_lm"}):
+        results = _evaluate_language_models(
+            refs, loaded, split, threads, max_examples, data, console
+        )
+        console.print(lm_comparison_table(results))
     else:
         for ref, model in zip(refs, loaded, strict=True):
             if model.task != "classification":
                 raise EvalError(
-                    f"{ref} is a {model.task} model; fmstack eval compares classifiers, or "
-                    "causal LMs, with each other"
+                    f"{ref} is a {model.task} model; fmstack eval compares classifiers, causal "
+                    "LMs or masked LMs, each with their own kind"
                 )
         source = (
             labeled_source(data.path, data.data_format, data.text_column, data.label_column)
@@ -293,7 +295,7 @@ def _comparison_table(
     return table
 
 
-# ---------------------------------------------------------------- causal language models
+# ---------------------------------------------------------------- language models
 
 LM_LATENCY_BATCHES = {1: 10, 32: 3}  # batch size -> timed batches of seq_len tokens
 DOCUMENT_FORMATS = {".txt": "text", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
@@ -301,7 +303,8 @@ DOCUMENT_FORMATS |= {".parquet": "parquet"}
 
 
 def document_source(data: DataOption) -> SourceConfig:
-    """`--data` as text to score a causal LM on; the format from the extension unless given."""
+    """`--data` as text to score a language model on; the format from the extension unless
+    given."""
     from pydantic import ValidationError
 
     from training.config import SourceConfig
@@ -323,12 +326,14 @@ def document_source(data: DataOption) -> SourceConfig:
 
 @dataclasses.dataclass
 class HeldOutBlocks:
-    """Packed token blocks to score causal LMs on."""
+    """Packed token blocks to score language models on."""
 
     blocks: np.ndarray
     """Token ids, one block of `data.seq_len` per row."""
     data: DataConfig
     split: str
+    mlm_probability: float
+    """The share of tokens a masked LM is scored on (its recipe's, else the default)."""
 
 
 def held_out_blocks(
@@ -339,12 +344,12 @@ def held_out_blocks(
     data: DataOption | None = None,
 ) -> HeldOutBlocks:
     """The validation blocks of the first model's recipe (its documents, packed by its
-    tokenizer as in training, chosen by the same stable hash), or the blocks of `data` (`all`
-    by default, or its `validation` blocks). Every model must share the first one's tokenizer:
-    losses over different tokens do not compare."""
+    tokenizer as in training, `[CLS] ... [SEP]` for masked LMs, chosen by the same stable hash),
+    or the blocks of `data` (`all` by default, or its `validation` blocks). Every model must
+    share the first one's tokenizer: losses over different tokens do not compare."""
     import numpy as np
 
-    from training.config import DataConfig
+    from training.config import DataConfig, TrainConfig
     from training.data import check_sources, configure_ray_data, pack_documents, read_documents
 
     vocab = models[0].tokenizer.get_vocab()
@@ -354,11 +359,15 @@ def held_out_blocks(
                 f"{ref} has another tokenizer than {refs[0]}; their losses count different "
                 "tokens and do not compare: evaluate them one at a time"
             )
-    recipe_data = (models[0].manifest.get("recipe") or {}).get("data")
+    recipe = models[0].manifest.get("recipe") or {}
+    recipe_data = recipe.get("data")
+    mlm_probability = (recipe.get("train") or {}).get(
+        "mlm_probability", TrainConfig.model_fields["mlm_probability"].default
+    )
     if data is None:
         if split not in (None, "validation"):
             raise EvalError(
-                f"--split {split}: a causal LM's recipe holds out validation blocks only; use "
+                f"--split {split}: a language model's recipe holds out validation blocks only; use "
                 "--split validation, or name held-out text with --data"
             )
         if not recipe_data or "sources" not in recipe_data:
@@ -370,21 +379,18 @@ def held_out_blocks(
     else:
         if split not in (None, "all", "validation"):
             raise EvalError(
-                f"--split {split}: a causal LM scores --data whole (all) or its validation "
+                f"--split {split}: a language model scores --data whole (all) or its validation "
                 "blocks (validation)"
             )
+        # Blocks as long as the model's training blocks, where its recipe says.
         own = DataConfig.model_validate(recipe_data) if recipe_data else None
-        cfg = DataConfig(
-            sources=[document_source(data)],
-            seq_len=own.seq_len if own else DataConfig.model_fields["seq_len"].default,
-            validation_fraction=own.validation_fraction
-            if own
-            else DataConfig.model_fields["validation_fraction"].default,
-        )
+        packing = own.model_dump(include={"seq_len", "validation_fraction"}) if own else {}
+        cfg = DataConfig(sources=[document_source(data)], **packing)
         split = split or "all"
     check_sources(cfg)
     configure_ray_data()
-    packed = pack_documents(cfg, read_documents(cfg), str(models[0].path), masked=False)
+    masked = models[0].task == "masked_lm"
+    packed = pack_documents(cfg, read_documents(cfg), str(models[0].path), masked=masked)
     parts = [
         b["input_ids"][b["is_validation"]] if split == "validation" else b["input_ids"]
         for b in packed.iter_batches(batch_size=None, batch_format="numpy")
@@ -397,10 +403,10 @@ def held_out_blocks(
             f"no {split} blocks of {cfg.seq_len} tokens in the data; give more text"
             + (" or score it all with --split all" if split == "validation" and data else "")
         )
-    return HeldOutBlocks(blocks, cfg, split)
+    return HeldOutBlocks(blocks, cfg, split, mlm_probability)
 
 
-def _evaluate_causal_lms(
+def _evaluate_language_models(
     refs: list[str],
     loaded: list[LoadedModel],
     split: str | None,
@@ -409,13 +415,16 @@ def _evaluate_causal_lms(
     data: DataOption | None,
     console: Console,
 ) -> list[dict[str, Any]]:
-    from training.inference import evaluate_causal_lm, measure_block_latency
+    from training.inference import evaluate_causal_lm, evaluate_masked_lm, measure_block_latency
 
     held_out = held_out_blocks(refs, loaded, split, max_examples, data)
     blocks, seq_len = held_out.blocks, held_out.data.seq_len
     results = []
     for ref, model in zip(refs, loaded, strict=True):
-        evaluation = evaluate_causal_lm(model, blocks)
+        if model.task == "masked_lm":
+            evaluation = evaluate_masked_lm(model, blocks, probability=held_out.mlm_probability)
+        else:
+            evaluation = evaluate_causal_lm(model, blocks)
         latency = {
             f"batch_{bs}": measure_block_latency(model, blocks, batch_size=bs, batches=n)
             for bs, n in LM_LATENCY_BATCHES.items()
@@ -423,12 +432,18 @@ def _evaluate_causal_lms(
         console.print(
             f"\n[bold]{ref}[/bold] ({held_out.split}: {len(blocks)} blocks of {seq_len} "
             f"tokens): loss {evaluation['loss']:.4f}, perplexity {evaluation['perplexity']:.2f}"
+            + (
+                f", masked-token accuracy {evaluation['accuracy']:.4f}"
+                if "accuracy" in evaluation
+                else ""
+            )
         )
         results.append(
             {
                 "model": ref,
                 "path": str(model.path),
                 "parameters": model.parameters,
+                "task": model.task,
                 "split": held_out.split,
                 "threads": threads,
                 "seq_len": seq_len,
@@ -439,17 +454,27 @@ def _evaluate_causal_lms(
     return results
 
 
-def causal_comparison_table(results: list[dict[str, Any]]) -> Table:
-    """Causal LMs, one row each; speed-up is tokens/s at batch 32 over the first model's."""
+def lm_comparison_table(results: list[dict[str, Any]]) -> Table:
+    """Language models, one row each; speed-up is tokens/s at batch 32 over the first model's.
+    Masked LMs' loss, perplexity and accuracy count the masked tokens."""
+    scores: dict[str, Callable[[dict[str, Any]], str]] = {
+        "loss": lambda r: f"{r['loss']:.4f}",
+        "ppl": lambda r: f"{r['perplexity']:,.2f}",
+    }
+    masked = results[0]["task"] == "masked_lm"
+    if masked:
+        scores["acc"] = lambda r: f"{r['accuracy']:.4f}"
     return _comparison_table(
         results,
         title=f"{results[0]['split']} blocks of {results[0]['seq_len']} tokens",
-        caption="loss: mean next-token loss (nats); ppl: perplexity; b1, b32: forward latency "
-        "p50/p95 in ms at batch 1, 32; tok/s: tokens/s at batch 32; speed: over the first "
-        "model's",
-        scores={
-            "loss": lambda r: f"{r['loss']:.4f}",
-            "ppl": lambda r: f"{r['perplexity']:,.2f}",
-        },
+        caption=(
+            "loss: mean loss on masked tokens (nats); ppl: its perplexity; acc: masked tokens "
+            "predicted; "
+            if masked
+            else "loss: mean next-token loss (nats); ppl: perplexity; "
+        )
+        + "b1, b32: forward latency p50/p95 in ms at batch 1, 32; tok/s: tokens/s at batch 32; "
+        "speed: over the first model's",
+        scores=scores,
         rate=("tok/s", "tokens_per_second"),
     )

@@ -3,7 +3,7 @@
 `load_model` takes an fmstack export (or any plain Hugging Face directory, or a packaged model's
 name), verifies the export's checksums, and returns the model in eval mode with its tokenizer,
 task and label names. `classify` and `evaluate_classifier` run it on texts,
-`evaluate_causal_lm` on packed token blocks.
+`evaluate_causal_lm` and `evaluate_masked_lm` on packed token blocks.
 """
 
 from __future__ import annotations
@@ -279,3 +279,49 @@ def evaluate_causal_lm(
         tokens += targets.numel()
     loss = total / max(tokens, 1)
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": tokens, "blocks": len(blocks)}
+
+
+@torch.no_grad()
+def evaluate_masked_lm(
+    loaded: LoadedModel,
+    blocks: np.ndarray,
+    *,
+    probability: float = 0.15,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Loss (nats), perplexity and accuracy on masked tokens of packed `[CLS] ... [SEP]` blocks.
+
+    BERT masking as in training, drawn from one generator seeded with `seed`: models that share
+    a tokenizer see the same masks."""
+    from training.objectives import IGNORE_INDEX, masked_lm_inputs
+
+    if loaded.task != "masked_lm":
+        raise ValueError(f"{loaded.path} is a {loaded.task} model, not a masked LM")
+    tokenizer = loaded.tokenizer
+    special = [t for t in tokenizer.all_special_ids if t is not None]
+    generator = torch.Generator().manual_seed(seed)
+    total, correct, tokens = 0.0, 0, 0
+    for i in range(0, len(blocks), batch_size):
+        inputs = masked_lm_inputs(
+            torch.from_numpy(blocks[i : i + batch_size]).long(),
+            mask_id=tokenizer.mask_token_id,
+            vocab_size=len(tokenizer),
+            special_ids=special,
+            probability=probability,
+            generator=generator,
+        )
+        chosen = inputs["labels"] != IGNORE_INDEX
+        logits = loaded.model(input_ids=inputs["input_ids"]).logits[chosen].float()
+        targets = inputs["labels"][chosen]
+        total += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        correct += int((logits.argmax(-1) == targets).sum())
+        tokens += int(chosen.sum())
+    loss = total / max(tokens, 1)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "accuracy": correct / max(tokens, 1),
+        "tokens": tokens,
+        "blocks": len(blocks),
+    }

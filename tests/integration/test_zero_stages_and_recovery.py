@@ -6,15 +6,20 @@ second: on 2 cores that scraping slowed these jobs by about 40%.
 
 from __future__ import annotations
 
+import io
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-from training import parse_recipe, read_manifest, run_pretraining, verify_files
+from cluster.evaluate import compare_models, held_out_blocks
+from training import load_model, parse_recipe, read_manifest, run_pretraining, verify_files
+from training.data import build_datasets, read_documents
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +75,24 @@ def test_masked_lm_on_own_files_matches_across_zero_stages_and_exports(
     assert batch["input_ids"][0, 0] == tokenizer.cls_token_id
     with torch.no_grad():
         assert model(**batch).logits.shape[-1] == len(tokenizer)
+
+    # `fmstack eval` rebuilds the run's validation blocks ([CLS] ... [SEP]) and scores the
+    # ZeRO-0 and ZeRO-3 exports on the same masked tokens: they agree as their losses did.
+    cfg = parse_recipe(recipe)
+    _, validation = build_datasets(cfg, read_documents(cfg.data), model_dir)
+    trained_on = np.concatenate(
+        [b["input_ids"] for b in validation.iter_batches(batch_size=None, batch_format="numpy")]
+    )
+    refs = [results[0].model_dir, model_dir]
+    held_out = held_out_blocks(refs, [load_model(ref) for ref in refs], None)
+    assert np.array_equal(held_out.blocks, trained_on)
+    assert (held_out.blocks[:, 0] == tokenizer.cls_token_id).all()
+    out = tmp_path / "eval.json"
+    compare_models(refs, None, 1, None, out, Console(file=io.StringIO()))
+    zero0, zero3 = json.loads(out.read_text())
+    assert zero0["task"] == "masked_lm" and zero0["tokens"] == zero3["tokens"] > 0
+    assert zero0["loss"] == pytest.approx(zero3["loss"], abs=1e-3)
+    assert 0 <= zero3["accuracy"] <= 1
 
 
 def test_worker_failure_resumes_from_latest_checkpoint(ray_cluster, recipe_factory):

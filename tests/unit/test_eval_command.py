@@ -138,3 +138,40 @@ def test_eval_of_causal_lms_says_what_it_needs(causal_lm, model, tmp_path):
     _, other = tiny_causal_distill_recipe(tmp_path, "other")  # a Llama with its own tokenizer
     code, output = _eval(str(causal_lm), str(other), "--data", str(tmp_path / "held-out.txt"))
     assert code == 2 and "has another tokenizer" in output
+
+
+def test_masked_lm_loss_counts_the_masked_tokens_alike_for_every_model(tiny_encoder, tmp_path):
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    from training import load_model
+    from training.inference import evaluate_masked_lm
+    from training.objectives import IGNORE_INDEX, masked_lm_inputs
+
+    torch.manual_seed(0)
+    BertForMaskedLM.from_pretrained(tiny_encoder).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_encoder).save_pretrained(tmp_path)
+    loaded = load_model(tmp_path)
+    tokenizer = loaded.tokenizer
+    rng = np.random.default_rng(0)
+    body = rng.integers(1000, 2000, size=(6, 14))
+    cls = np.full((6, 1), tokenizer.cls_token_id)
+    sep = np.full((6, 1), tokenizer.sep_token_id)
+    blocks = np.concatenate([cls, body, sep], axis=1)
+    result = evaluate_masked_lm(loaded, blocks, probability=0.3, seed=1, batch_size=6)
+    assert result == evaluate_masked_lm(loaded, blocks, probability=0.3, seed=1, batch_size=6)
+    # The same masks, drawn here once more: the loss is the model's own on them.
+    inputs = masked_lm_inputs(
+        torch.from_numpy(blocks).long(),
+        mask_id=tokenizer.mask_token_id,
+        vocab_size=len(tokenizer),
+        special_ids=tokenizer.all_special_ids,
+        probability=0.3,
+        generator=torch.Generator().manual_seed(1),
+    )
+    with torch.no_grad():
+        expected = loaded.model(**inputs).loss.item()
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
+    assert result["tokens"] == int((inputs["labels"] != IGNORE_INDEX).sum()) > 0
+    assert 0 <= result["accuracy"] <= 1
