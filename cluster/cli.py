@@ -166,7 +166,10 @@ def evaluate(
     ] = None,
     threads: Annotated[int, typer.Option(min=1, help="Torch threads for every model")] = 2,
     max_examples: Annotated[
-        int | None, typer.Option(min=1, help="Evaluate at most this many examples")
+        int | None,
+        typer.Option(
+            min=1, help="Evaluate at most this many examples (token blocks for language models)"
+        ),
     ] = None,
     output: Annotated[Path | None, typer.Option(help="Write the results as JSON here")] = None,
 ) -> None:
