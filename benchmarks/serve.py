@@ -24,7 +24,8 @@ promoted to another registry version (the same weights registered twice) by rede
 new version pinned in its `user_config`, as `fmstack serve promote` does; figures: seconds from the
 redeploy call to the first answer from the new version, and failed requests meanwhile (must be 0).
 
-Every model runs with `torch.set_num_threads(threads)` in one replica or process. Figures: QPS,
+Every model runs with `torch.set_num_threads(threads)` in one replica or process, and no server
+writes a log line per request. Figures: QPS,
 p50 and p99 latency (ms), errors, the mean time of one forward pass in the model's process
 (tokenising included), and for fmstack the mean batch size the requests ran in (warm-up requests
 included in both). Targets: Serve adds at most 5 ms at p50 at concurrency 1
@@ -241,6 +242,8 @@ def serving_config(
             },
         },
         "limits": {"max_texts": 64},
+        # As the plain server, which uvicorn runs at log level warning: no line per request.
+        "logging": {"access_log": False},
     }
 
 
@@ -496,7 +499,8 @@ def run_benchmark(
         f"requests per case {', '.join(f'{REQUESTS[c]} at c{c}' for c in concurrency)}, after "
         f"{WARMUP} untimed warm-up requests; an asyncio client (aiohttp) on the same machine.",
         f"threads: torch.set_num_threads({threads}) in every model replica and plain server; "
-        "one replica per variant; Serve's proxy and ingress share the same cores.",
+        "one replica per variant; Serve's proxy and ingress share the same cores; no access "
+        "log (Serve's `logging.access_log: false`, uvicorn at log level warning).",
         f"models: full {params['full']:,} parameters ({full}), distilled "
         f"{params['distilled']:,} ({distilled}).",
         f"load average (1 min) {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at "

@@ -177,6 +177,16 @@ class LimitsConfig(_Config):
     """`Retry-After` sent with 503 when a variant is over capacity or lost its replica."""
 
 
+class LoggingConfig(_Config):
+    """The replicas' logs (Serve's `logging_config` for the application)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level written to the replicas' logs."""
+    access_log: bool = True
+    """One line per request in every replica it passes (ingress and model); off, a replica
+    spends less time per request, and errors are still logged."""
+
+
 class AuthConfig(_Config):
     enabled: bool = False
     """Require `Authorization: Bearer <key>` on /v1; health endpoints stay open."""
@@ -217,6 +227,8 @@ class ServeConfig(_Config):
     """Request limits (each breach is a 4xx that says what to fix)."""
     auth: AuthConfig = AuthConfig()
     """API keys."""
+    logging: LoggingConfig = LoggingConfig()
+    """Log level and per-request access log of every replica."""
     ingress_cpus: float = Field(default=0.1, gt=0)
     """CPUs reserved per ingress replica."""
     ingress_replicas: int = Field(default=1, ge=1)

@@ -54,18 +54,22 @@ def serve_config(config: ServeConfig, pins: dict[str, int] | None = None) -> dic
         options = deployment_options(config, variant)
         options["user_config"] = user_config(config.variants[variant], pins.get(variant))
         deployments.append(options)
+    app: dict[str, Any] = {
+        "name": config.name,
+        "route_prefix": config.route_prefix,
+        "import_path": IMPORT_PATH,
+        "args": config.model_dump(mode="json", exclude_defaults=True),
+        "deployments": deployments,
+    }
+    if "logging" in config.model_fields_set:
+        app["logging_config"] = {
+            "log_level": config.logging.level,
+            "enable_access_log": config.logging.access_log,
+        }
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": config.http.host, "port": config.http.port},
-        "applications": [
-            {
-                "name": config.name,
-                "route_prefix": config.route_prefix,
-                "import_path": IMPORT_PATH,
-                "args": config.model_dump(mode="json", exclude_defaults=True),
-                "deployments": deployments,
-            }
-        ],
+        "applications": [app],
     }
 
 

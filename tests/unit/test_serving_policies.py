@@ -196,6 +196,18 @@ def test_actor_options_and_ingress_replicas_reach_serve():
         config(variants={"a": {"model": "x", "ray_actor_options": {"runtime_env": {}}}})
 
 
+def test_logging_reaches_serve_only_where_set():
+    from ray.serve.schema import ServeDeploySchema
+
+    quiet = serve_config(config(logging={"level": "WARNING", "access_log": False}))
+    (app,) = ServeDeploySchema.model_validate(quiet).applications
+    assert app.logging_config.log_level == "WARNING"
+    assert app.logging_config.enable_access_log is False
+    assert "logging_config" not in serve_config(config())["applications"][0]
+    with pytest.raises(RecipeError, match="logging.level"):
+        config(logging={"level": "LOUD"})
+
+
 def test_keys_from_env_and_file(tmp_path, monkeypatch):
     secret = tmp_path / "keys"
     secret.write_text("# mounted secret\nfile-key\n")
