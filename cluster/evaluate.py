@@ -415,7 +415,12 @@ def _evaluate_language_models(
     data: DataOption | None,
     console: Console,
 ) -> list[dict[str, Any]]:
-    from training.inference import evaluate_causal_lm, evaluate_masked_lm, measure_block_latency
+    from training.inference import (
+        evaluate_causal_lm,
+        evaluate_masked_lm,
+        measure_block_latency,
+        measure_generation,
+    )
 
     held_out = held_out_blocks(refs, loaded, split, max_examples, data)
     blocks, seq_len = held_out.blocks, held_out.data.seq_len
@@ -429,14 +434,18 @@ def _evaluate_language_models(
             f"batch_{bs}": measure_block_latency(model, blocks, batch_size=bs, batches=n)
             for bs, n in LM_LATENCY_BATCHES.items()
         }
+        if model.task == "causal_lm":
+            latency["generate"] = generate = measure_generation(model, blocks)
+            extra = (
+                f"; greedy decoding at batch 1: {generate['new_tokens']} tokens in "
+                f"{generate['p50_ms']:.0f} ms ({generate['tokens_per_second']:.1f} tokens/s)"
+            )
+        else:
+            extra = f", masked-token accuracy {evaluation['accuracy']:.4f}"
         console.print(
             f"\n[bold]{ref}[/bold] ({held_out.split}: {len(blocks)} blocks of {seq_len} "
             f"tokens): loss {evaluation['loss']:.4f}, perplexity {evaluation['perplexity']:.2f}"
-            + (
-                f", masked-token accuracy {evaluation['accuracy']:.4f}"
-                if "accuracy" in evaluation
-                else ""
-            )
+            + extra
         )
         results.append(
             {

@@ -233,6 +233,45 @@ def measure_block_latency(
 
 
 @torch.no_grad()
+def measure_generation(
+    loaded: LoadedModel,
+    blocks: np.ndarray,
+    *,
+    prompt_tokens: int = 32,
+    new_tokens: int = 32,
+    runs: int = 3,
+    warmup: int = 1,
+) -> dict[str, float]:
+    """Greedy decoding at batch 1, as `/v1/generate` serves: the time to generate `new_tokens`
+    after a prompt of the first `prompt_tokens` tokens of a block (p50, ms), and tokens/s."""
+    if not len(blocks):
+        raise ValueError("measure_generation needs at least one block")
+    pad = loaded.tokenizer.pad_token_id
+    pad = loaded.tokenizer.eos_token_id if pad is None else pad
+    times = []
+    for i in range(warmup + runs):
+        prompt = torch.from_numpy(blocks[i % len(blocks), :prompt_tokens][None]).long()
+        start = time.perf_counter()
+        loaded.model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    p50 = statistics.median(times)
+    return {
+        "prompt_tokens": min(prompt_tokens, blocks.shape[1]),
+        "new_tokens": new_tokens,
+        "p50_ms": p50 * 1000,
+        "tokens_per_second": new_tokens / p50,
+    }
+
+
+@torch.no_grad()
 def _timed_forward(
     loaded: LoadedModel,
     inputs: Callable[[int], dict[str, torch.Tensor]],

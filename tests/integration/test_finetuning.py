@@ -132,6 +132,7 @@ def test_causal_lm_distillation_from_a_frozen_teacher(ray_cluster, tmp_path):
     assert student_eval["parameters"] < teacher_eval["parameters"]
     for evaluation in (student_eval, teacher_eval):
         assert 0 < evaluation["loss"] < 10 and evaluation["latency"]["batch_32"]["p50_ms"] > 0
+        assert evaluation["latency"]["generate"]["tokens_per_second"] > 0
 
 
 def test_users_labeled_files_read_through_ray_data(ray_cluster, tmp_path):

@@ -108,7 +108,7 @@ def test_causal_lm_loss_is_the_models_own_next_token_loss(causal_lm):
     import torch
 
     from training import load_model
-    from training.inference import evaluate_causal_lm, measure_block_latency
+    from training.inference import evaluate_causal_lm, measure_block_latency, measure_generation
 
     loaded = load_model(causal_lm)
     blocks = np.random.default_rng(0).integers(0, 1000, size=(5, 16), dtype=np.int32)
@@ -121,6 +121,9 @@ def test_causal_lm_loss_is_the_models_own_next_token_loss(causal_lm):
     assert result["tokens"] == 5 * 15 and result["blocks"] == 5
     timing = measure_block_latency(loaded, blocks, batch_size=4, batches=2)
     assert timing["tokens_per_second"] == pytest.approx(timing["examples_per_second"] * 16)
+    decoding = measure_generation(loaded, blocks, prompt_tokens=8, new_tokens=4, runs=2)
+    assert decoding["prompt_tokens"] == 8 and decoding["new_tokens"] == 4
+    assert decoding["tokens_per_second"] == pytest.approx(4000 / decoding["p50_ms"])
 
 
 def test_eval_of_causal_lms_says_what_it_needs(causal_lm, model, tmp_path):
