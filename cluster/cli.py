@@ -141,8 +141,8 @@ def evaluate(
         str | None,
         typer.Option(
             help="test (classifiers' default) or validation: that split of the first model's "
-            "data recipe or of --data; all: every row of --data (causal LMs' default with "
-            "--data). A causal LM's recipe holds out validation blocks only",
+            "data recipe or of --data; all: every row of --data (language models' default "
+            "with --data). A language model's recipe holds out validation blocks only",
             show_default=False,
         ),
     ] = None,
@@ -151,7 +151,7 @@ def evaluate(
         typer.Option(
             help="Data to score instead of the recipe's (a file, directory, local glob or "
             "s3:// / gs:// URI): labeled CSV, JSONL or Parquet for classifiers; text, JSONL, "
-            "CSV or Parquet for causal LMs"
+            "CSV or Parquet for causal and masked LMs"
         ),
     ] = None,
     data_format: Annotated[
@@ -173,12 +173,13 @@ def evaluate(
     ] = None,
     output: Annotated[Path | None, typer.Option(help="Write the results as JSON here")] = None,
 ) -> None:
-    """Evaluate classifiers (report, confusion matrix) or causal LMs (loss, perplexity) on
-    held-out data, with latency at batch 1 and 32, and compare them in one table."""
+    """Evaluate classifiers (report, confusion matrix) or causal and masked LMs (loss,
+    perplexity) on held-out data, with latency at batch 1 and 32, in one table."""
     from cluster.evaluate import DataOption, EvalError, compare_models
 
-    # The tables are the output, not Ray Data's notes on each read of --data or a causal LM's
-    # documents (read from the environment when Ray Data is imported, here and in Ray's workers).
+    # The tables are the output, not Ray Data's notes on each read of --data or a language
+    # model's documents (read from the environment when Ray Data is imported, here and in
+    # Ray's workers).
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     try:
         option = DataOption(data, data_format, text_column, label_column) if data else None

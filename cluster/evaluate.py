@@ -298,8 +298,7 @@ def _comparison_table(
 # ---------------------------------------------------------------- language models
 
 LM_LATENCY_BATCHES = {1: 10, 32: 3}  # batch size -> timed batches of seq_len tokens
-DOCUMENT_FORMATS = {".txt": "text", ".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
-DOCUMENT_FORMATS |= {".parquet": "parquet"}
+DOCUMENT_FORMATS = FORMATS | {".txt": "text"}
 
 
 def document_source(data: DataOption) -> SourceConfig:
@@ -426,22 +425,20 @@ def _evaluate_language_models(
     blocks, seq_len = held_out.blocks, held_out.data.seq_len
     results = []
     for ref, model in zip(refs, loaded, strict=True):
-        if model.task == "masked_lm":
-            evaluation = evaluate_masked_lm(model, blocks, probability=held_out.mlm_probability)
-        else:
-            evaluation = evaluate_causal_lm(model, blocks)
         latency = {
             f"batch_{bs}": measure_block_latency(model, blocks, batch_size=bs, batches=n)
             for bs, n in LM_LATENCY_BATCHES.items()
         }
-        if model.task == "causal_lm":
+        if model.task == "masked_lm":
+            evaluation = evaluate_masked_lm(model, blocks, probability=held_out.mlm_probability)
+            extra = f", masked-token accuracy {evaluation['accuracy']:.4f}"
+        else:
+            evaluation = evaluate_causal_lm(model, blocks)
             latency["generate"] = generate = measure_generation(model, blocks)
             extra = (
                 f"; greedy decoding at batch 1: {generate['new_tokens']} tokens in "
                 f"{generate['p50_ms']:.0f} ms ({generate['tokens_per_second']:.1f} tokens/s)"
             )
-        else:
-            extra = f", masked-token accuracy {evaluation['accuracy']:.4f}"
         console.print(
             f"\n[bold]{ref}[/bold] ({held_out.split}: {len(blocks)} blocks of {seq_len} "
             f"tokens): loss {evaluation['loss']:.4f}, perplexity {evaluation['perplexity']:.2f}"
