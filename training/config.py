@@ -201,7 +201,7 @@ class BatchConfig(_Config):
     """Sequences per optimizer step across all workers; gradient accumulation is derived."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """bf16 (with fp32 master weights) or fp32; auto picks bf16 where the device has fast bf16
-    math (GPUs, CPUs with AMX or AVX512-BF16) and ZeRO stage >= 1, else fp32."""
+    math (GPUs, CPUs with AMX) and ZeRO stage >= 1, else fp32."""
     seed: int = 0
     """Seed for initialisation, sampling, masking, splits and data order."""
     log_every: int = Field(default=10, ge=1)

@@ -7,10 +7,11 @@ import functools
 from pathlib import Path
 from typing import Any
 
-# CPU flags with native bf16 matrix math; without them torch emulates bf16 and is far slower
-# than fp32 (a 1024x384x1536 matmul ran at 1.3 GFLOP/s in bf16 against 51 in fp32 on an
-# AVX2-only EPYC core).
-_BF16_CPU_FLAGS = {"amx_bf16", "avx512_bf16"}
+# CPU flags with bf16 matrix units (AMX). Elsewhere fp32 is faster: torch emulates bf16 on
+# AVX2 (a 1024x384x1536 matmul ran at 1.3 GFLOP/s in bf16 against 51 in fp32 on an EPYC core),
+# and AVX512-BF16 alone lost too (on 2 Xeon cores: 174 against 321 GFLOP/s; a 6-layer,
+# 384-wide BERT step 1.27x slower in bf16).
+_BF16_CPU_FLAGS = {"amx_bf16"}
 
 
 @functools.cache
