@@ -334,7 +334,13 @@ def run_benchmark(
     import ray
 
     from cluster.registry import Registry
-    from serving import LOCAL_SERVE_ENV, ServeClient, parse_serve_config, serve_config
+    from serving import (
+        LOCAL_SERVE_ENV,
+        ServeClient,
+        parse_serve_config,
+        serve_config,
+        side_ports_env,
+    )
     from training.pretrain import start_local_ray
 
     started = time.time()
@@ -357,7 +363,8 @@ def run_benchmark(
     registry.promote(promoted, versions[0], "production")
 
     plain = {name: start_plain_server(str(path), threads) for name, path in dirs.items()}
-    ctx = start_local_ray(2, env=LOCAL_SERVE_ENV, include_dashboard=True, log_to_driver=False)
+    env = {**LOCAL_SERVE_ENV, **side_ports_env(keep_defaults=False)}
+    ctx = start_local_ray(2, env=env, include_dashboard=True, log_to_driver=False)
     client = ServeClient(f"http://{ctx.dashboard_url}")
     port = _free_port()
     try:

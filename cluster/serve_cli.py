@@ -379,14 +379,15 @@ def _start_local_ray(num_cpus: int | None) -> str:
     dashboard address."""
     import re
 
-    from serving import LOCAL_SERVE_ENV
+    from serving import LOCAL_SERVE_ENV, side_ports_env
     from training.pretrain import venv_first
 
     cmd = [_ray_bin(), "start", "--head", "--dashboard-host", "127.0.0.1", "--disable-usage-stats"]
     if num_cpus:
         cmd += ["--num-cpus", str(num_cpus)]
     with console.status("starting a local Ray cluster (ray start --head) ..."):
-        env = {**LOCAL_SERVE_ENV, **os.environ}  # the caller's settings win
+        moved = side_ports_env(keep_defaults=True)  # another Ray on this machine holds them
+        env = {**LOCAL_SERVE_ENV, **moved, **os.environ}  # the caller's settings win
         env["PATH"] = venv_first(env.get("PATH", ""))  # for jobs submitted to it later
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if done.returncode != 0:
@@ -401,6 +402,9 @@ def _start_local_ray(num_cpus: int | None) -> str:
         f"started a local Ray cluster (dashboard {address}); "
         "`fmstack serve down --stop-ray` stops it"
     )
+    for name, port in moved.items():
+        if name not in os.environ:
+            console.print(f"{name}={port}: Serve's default port is taken on this machine")
     return address
 
 

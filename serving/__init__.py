@@ -10,6 +10,7 @@ from serving.deploy import (
     pins_of,
     running_serve_config,
     serve_config,
+    side_ports_env,
     summarize,
     with_pinned_version,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "pins_of",
     "running_serve_config",
     "serve_config",
+    "side_ports_env",
     "summarize",
     "with_pinned_version",
 ]

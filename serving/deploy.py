@@ -8,6 +8,7 @@ reconfigures the running replicas in place instead of replacing them.
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -35,6 +36,43 @@ LOCAL_SERVE_ENV = {
 }
 """`HIGH_THROUGHPUT_ENV` for a Ray cluster on this machine (`fmstack serve up`, tests,
 benchmarks)."""
+
+
+SIDE_PORTS = {
+    "RAY_SERVE_HAPROXY_STATS_PORT": 8404,
+    "RAY_SERVE_HAPROXY_METRICS_PORT": 9101,
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": 8500,
+    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": 9500,
+}
+"""The ports Serve opens on every interface beside the API port (HAProxy's statistics and
+metrics, the fallback proxy), by the variable that moves each, with Serve's default."""
+
+
+def side_ports_env(keep_defaults: bool) -> dict[str, str]:
+    """Free ports for Serve's side listeners of a new local Ray cluster, so that it starts beside
+    another one on this machine (the cluster `make demo` leaves serving, say) instead of failing
+    on a port the other holds. `keep_defaults`: move only the ports already taken."""
+    env = {}
+    for name, default in SIDE_PORTS.items():
+        if keep_defaults and _port_free(default):
+            continue
+        env[name] = str(_free_port())
+    return env
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
 
 
 class DeployError(RuntimeError):

@@ -111,10 +111,12 @@ def ray_cluster():
     """The session's Ray cluster; yields the dashboard (Jobs API) URL."""
     import ray
 
-    from serving import LOCAL_SERVE_ENV
+    from serving import LOCAL_SERVE_ENV, side_ports_env
     from training.pretrain import start_local_ray
 
-    ctx = start_local_ray(2, env=LOCAL_SERVE_ENV, include_dashboard=True, log_to_driver=True)
+    # Free side ports: the tests run beside a Serve that `make demo` left running.
+    env = {**LOCAL_SERVE_ENV, **side_ports_env(keep_defaults=False)}
+    ctx = start_local_ray(2, env=env, include_dashboard=True, log_to_driver=True)
     try:
         yield f"http://{ctx.dashboard_url}"
     finally:

@@ -615,3 +615,20 @@ def test_a_running_replica_asked_for_a_model_that_does_not_resolve_keeps_its_own
     info = asyncio.run(scenario())
     assert info["model"] == path and info["loaded"]
     assert "could not load models:/nothing@production" in info["last_error"]
+
+
+def test_side_ports_move_only_those_taken(monkeypatch):
+    """A second local Ray cluster gets free ports where Serve's defaults are held."""
+    import socket
+
+    from serving import deploy
+
+    with socket.socket() as held, socket.socket() as probe:
+        held.bind(("0.0.0.0", 0))
+        probe.bind(("0.0.0.0", 0))
+        taken, free = held.getsockname()[1], probe.getsockname()[1]
+        probe.close()
+        monkeypatch.setattr(deploy, "SIDE_PORTS", {"TAKEN": taken, "FREE": free})
+        moved = deploy.side_ports_env(keep_defaults=True)
+        assert list(moved) == ["TAKEN"] and int(moved["TAKEN"]) != taken
+        assert set(deploy.side_ports_env(keep_defaults=False)) == {"TAKEN", "FREE"}
