@@ -45,6 +45,7 @@ from serving.schemas import (
 )
 
 INGRESS = "Ingress"
+SHADOW_LEDGER = "ShadowLedger"
 INFO_TIMEOUT_S = 5.0
 """How long `/readyz` and `/v1/models` wait for a variant's replica to describe itself."""
 REPLICA_ATTEMPTS = 3
@@ -254,14 +255,43 @@ def generation_request(body: GenerateRequest, limits: LimitsConfig) -> dict[str,
     return {**request, "max_new_tokens": max_new_tokens}
 
 
+SHADOW_COUNTS = ("requests", "texts", "agreed", "errors")
+
+
+@serve.deployment(
+    name=SHADOW_LEDGER,
+    num_replicas=1,
+    max_ongoing_requests=1000,
+    ray_actor_options={"num_cpus": 0},
+)
+class ShadowLedger:
+    """Shadow comparisons counted by every ingress replica, totalled in one place so that
+    `/v1/models` reports the application's agreement, not one ingress replica's. The counts
+    restart with this replica; `fmstack_serve_shadow_comparisons_total` keeps the durable series."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, dict[str, int]] = {}
+
+    def record(self, variant: str, counts: dict[str, int]) -> None:
+        stats = self.stats.setdefault(variant, dict.fromkeys(SHADOW_COUNTS, 0))
+        for name, n in counts.items():
+            stats[name] += n
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        return self.stats
+
+
 # `serve.ingress` pickles the routes when the class is created: what its methods call must be
 # defined above this line.
 @serve.deployment(name=INGRESS)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, config: dict[str, Any], models: dict[str, Any]) -> None:
+    def __init__(
+        self, config: dict[str, Any], models: dict[str, Any], ledger: Any | None = None
+    ) -> None:
         self.config = parse_serve_config(config)
         self.models = models  # variant -> DeploymentHandle
+        self.ledger = ledger  # the ShadowLedger's handle when a route shadows
         self.keys = Keys.from_config(self.config.auth)
         self.metrics = _metrics()
         self.rng = random.Random()
@@ -302,8 +332,22 @@ class Ingress:
                 endpoint: self._route(endpoint).model_dump(mode="json")
                 for endpoint in ("classify", "embed", "generate")
             },
-            "shadow": self.shadow_stats,
+            "shadow": await self._shadow_totals(),
         }
+
+    async def _shadow_totals(self) -> dict[str, dict[str, int]]:
+        """Every ingress replica's shadow comparisons; this replica's own if the ledger is
+        unreachable."""
+        if self.ledger is None:
+            return self.shadow_stats
+        try:
+            totals: dict[str, dict[str, int]] = await asyncio.wait_for(
+                self.ledger.totals.remote(), timeout=INFO_TIMEOUT_S
+            )
+        except Exception as err:  # noqa: BLE001 - the local counts still say something
+            logger.warning("shadow ledger unreachable (%s); reporting this replica's counts", err)
+            return self.shadow_stats
+        return totals
 
     async def _infos(self, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """What each variant's replica reports (all variants by default). A variant without a
@@ -385,34 +429,37 @@ class Ingress:
         """Ask the shadow variant off the request path and count how often it agrees."""
         assert route.shadow is not None
         shadow = route.shadow.variant
-        stats = self.shadow_stats.setdefault(
-            shadow, {"requests": 0, "texts": 0, "agreed": 0, "errors": 0}
-        )
+        tags = {"route": endpoint, "variant": shadow}
 
         async def compare() -> None:
-            stats["requests"] += 1
             try:
                 result = await self.models[shadow].classify.remote(texts)
             except Exception:  # noqa: BLE001 - a failing shadow never affects answers
-                stats["errors"] += 1
-                self.metrics.shadow.inc(
-                    tags={"route": endpoint, "variant": shadow, "outcome": "error"}
-                )
+                self.metrics.shadow.inc(tags={**tags, "outcome": "error"})
+                await self._count_shadow(shadow, {"requests": 1, "errors": 1})
                 return
             agreed = sum(
                 a["label"] == s["label"] for a, s in zip(answers, result["result"], strict=True)
             )
-            stats["texts"] += len(texts)
-            stats["agreed"] += agreed
-            tags = {"route": endpoint, "variant": shadow}
             if agreed:
                 self.metrics.shadow.inc(agreed, tags={**tags, "outcome": "agree"})
             if len(texts) - agreed:
                 self.metrics.shadow.inc(len(texts) - agreed, tags={**tags, "outcome": "disagree"})
+            await self._count_shadow(shadow, {"requests": 1, "texts": len(texts), "agreed": agreed})
 
         task = asyncio.get_running_loop().create_task(compare())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _count_shadow(self, variant: str, counts: dict[str, int]) -> None:
+        stats = self.shadow_stats.setdefault(variant, dict.fromkeys(SHADOW_COUNTS, 0))
+        for name, n in counts.items():
+            stats[name] += n
+        if self.ledger is not None:
+            try:
+                await self.ledger.record.remote(variant, counts)
+            except Exception as err:  # noqa: BLE001 - counting never affects answers
+                logger.warning("shadow ledger unreachable (%s); counted in this replica", err)
 
     # ------------------------------------------------------------ embed
 
@@ -652,5 +699,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         .bind(name, config.registry)
         for name in config.variants
     }
+    shadowed = any(route.shadow for route in config.routes.values())
+    ledger = ShadowLedger.bind() if shadowed else None  # type: ignore[attr-defined]
     ingress: Any = Ingress  # a Serve Deployment once decorated
-    return ingress.options(**ingress_options(config)).bind(config.model_dump(mode="json"), models)
+    return ingress.options(**ingress_options(config)).bind(
+        config.model_dump(mode="json"), models, ledger
+    )

@@ -137,6 +137,16 @@ def test_shadow_samples_and_never_mirrors_to_itself():
     assert not any(should_shadow(route, "distilled", rng) for _ in range(100))
 
 
+def test_shadow_ledger_totals_every_ingress_replica():
+    from serving.app import ShadowLedger
+
+    ledger = ShadowLedger.func_or_class()  # the class behind the Serve deployment
+    ledger.record("candidate", {"requests": 1, "texts": 2, "agreed": 2})  # one ingress replica
+    ledger.record("candidate", {"requests": 1, "texts": 3, "agreed": 1})  # another
+    ledger.record("candidate", {"requests": 1, "errors": 1})
+    assert ledger.totals() == {"candidate": {"requests": 3, "texts": 5, "agreed": 3, "errors": 1}}
+
+
 def test_serve_config_pins_only_change_user_config():
     """A promotion changes user_config and nothing Serve hashes into the code version, so
     Serve reconfigures the running replicas instead of replacing them."""
