@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,6 +194,8 @@ def configure_ray_data() -> None:
     # comparable and a resumed run finds its data position again.
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False  # fmstack prints its own progress line
+    # ...and Ray Data would warn, in every process, that the bars are off.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def read_documents(cfg: DataConfig) -> ray.data.Dataset:
