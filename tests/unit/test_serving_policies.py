@@ -185,6 +185,8 @@ def test_actor_options_and_ingress_replicas_reach_serve():
     )
     from ray.serve.schema import ServeDeploySchema
 
+    from serving.app import MODEL_REPLICA_ENV
+
     built = serve_config(cfg)
     ServeDeploySchema.model_validate(built)  # what `serve deploy` and a RayService accept
     deployments = {d["name"]: d for d in built["applications"][0]["deployments"]}
@@ -193,10 +195,7 @@ def test_actor_options_and_ingress_replicas_reach_serve():
     assert full["num_cpus"] == 2 and full["memory"] == 2**30
     assert full["resources"] == {"inference": 1}
     # The user's variables join the replicas' own.
-    assert full["runtime_env"]["env_vars"] == {
-        "OMP_WAIT_POLICY": "PASSIVE",
-        "AWS_REGION": "eu-west-1",
-    }
+    assert full["runtime_env"]["env_vars"] == {**MODEL_REPLICA_ENV, "AWS_REGION": "eu-west-1"}
     assert set(deployments["model-distilled"]["ray_actor_options"]) == {
         "num_cpus",
         "num_gpus",
