@@ -258,6 +258,14 @@ def generation_request(body: GenerateRequest, limits: LimitsConfig) -> dict[str,
 SHADOW_COUNTS = ("requests", "texts", "agreed", "errors")
 
 
+def add_shadow_counts(
+    stats: dict[str, dict[str, int]], variant: str, counts: dict[str, int]
+) -> None:
+    into = stats.setdefault(variant, dict.fromkeys(SHADOW_COUNTS, 0))
+    for name, n in counts.items():
+        into[name] += n
+
+
 @serve.deployment(
     name=SHADOW_LEDGER,
     num_replicas=1,
@@ -273,9 +281,7 @@ class ShadowLedger:
         self.stats: dict[str, dict[str, int]] = {}
 
     def record(self, variant: str, counts: dict[str, int]) -> None:
-        stats = self.stats.setdefault(variant, dict.fromkeys(SHADOW_COUNTS, 0))
-        for name, n in counts.items():
-            stats[name] += n
+        add_shadow_counts(self.stats, variant, counts)
 
     def totals(self) -> dict[str, dict[str, int]]:
         return self.stats
@@ -452,9 +458,7 @@ class Ingress:
         task.add_done_callback(self._background.discard)
 
     async def _count_shadow(self, variant: str, counts: dict[str, int]) -> None:
-        stats = self.shadow_stats.setdefault(variant, dict.fromkeys(SHADOW_COUNTS, 0))
-        for name, n in counts.items():
-            stats[name] += n
+        add_shadow_counts(self.shadow_stats, variant, counts)
         if self.ledger is not None:
             try:
                 await self.ledger.record.remote(variant, counts)
@@ -653,7 +657,7 @@ MODEL_REPLICA_ENV = {
     "OMP_WAIT_POLICY": "PASSIVE",
     # ...but GNU OpenMP (PyTorch's on Linux) spins for about 0.1 ms first (its default is 3 ms):
     # within a forward pass the next parallel region starts sooner than a sleeping thread wakes,
-    # and sleeping at once made a batch-1 pass of MiniLM 1.6x slower.
+    # and sleeping at once made a batch-1 pass of MiniLM about 1.5x slower.
     "GOMP_SPINCOUNT": "10000",
 }
 """Environment of every model replica process (set when the process starts, before torch)."""
