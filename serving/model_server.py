@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 from ray import serve
@@ -23,8 +25,10 @@ from ray import serve
 from serving import metrics
 from serving.inference import Generation, classify_texts, embed_texts
 from training import LoadedModel, load_model, quantize_int8
+from training.hardware import on_own_thread
 
 logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -93,6 +97,24 @@ def alias_target(ref: str, registry: str | None) -> int | None:
     return Registry(registry or default_root()).aliases(parsed.name).get(parsed.alias)
 
 
+class ComputeThread:
+    """Runs a replica's torch work: every forward pass on one long-lived thread, and model loads
+    on threads that end with them (`training.hardware.on_own_thread` says why)."""
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the forward-pass thread, after the passes queued before it."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def run_once(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on a thread of its own (loads take seconds, and must not hold up the
+        passes)."""
+        return await asyncio.to_thread(on_own_thread, fn, *args)
+
+
 class BatchGate:
     """Holds requests back from a `@serve.batch` method while one of its batches runs.
 
@@ -154,6 +176,7 @@ class ModelServer:
         self._metrics = metrics.ModelMetrics(variant)
         self._classify_gate = BatchGate(self._classify_batch)
         self._embed_gate = BatchGate(self._embed_batch)
+        self._compute = ComputeThread(f"fmstack-{variant}")
 
     # ------------------------------------------------------------ configuration
 
@@ -163,7 +186,8 @@ class ModelServer:
         it was a pinned version and the version the alias names loads instead; afterwards it is
         recorded and the old model keeps serving."""
         settings = dict(user_config)
-        torch.set_num_threads(int(settings.get("threads", 1)))
+        # OpenMP's thread count is per thread: set it where the passes run.
+        await self._compute.run(torch.set_num_threads, int(settings.get("threads", 1)))
         size = int(settings.get("max_batch_size", 16))
         wait = float(settings.get("batch_wait_timeout_s", 0.005))
         for gate, method in (
@@ -197,7 +221,7 @@ class ModelServer:
                     version = await asyncio.to_thread(alias_target, ref, self.registry)
             key = f"{ref}#{version}"
             try:
-                served = await asyncio.to_thread(
+                served = await self._compute.run_once(
                     load_served, ref, self.registry, version, self._settings.get("dtype", "float32")
                 )
             except Exception as err:  # noqa: BLE001 - any load failure keeps the old model
@@ -235,7 +259,7 @@ class ModelServer:
             if f"{ref}#{version}" in self._failed:
                 continue
             try:
-                return await asyncio.to_thread(load_served, ref, self.registry, version, dtype)
+                return await self._compute.run_once(load_served, ref, self.registry, version, dtype)
             except Exception as err:  # noqa: BLE001 - try the next one
                 self._failed[f"{ref}#{version}"] = f"{type(err).__name__}: {err}"
                 logger.error(
@@ -341,7 +365,7 @@ class ModelServer:
         self._metrics.batch_size.observe(requests)
         start = time.perf_counter()
         try:
-            return await asyncio.to_thread(fn, *args)
+            return await self._compute.run(fn, *args)
         finally:
             elapsed = time.perf_counter() - start
             self._inference_seconds += elapsed
@@ -354,12 +378,9 @@ class ModelServer:
         """The whole generated text at once."""
         served = self._model("causal_lm")
         gen = Generation(served.loaded, **request)
-
-        def run() -> None:
-            for _ in gen:
-                pass
-
-        await asyncio.to_thread(run)
+        # Token by token, so that concurrent generations take turns on the compute thread.
+        while not gen.finish_reason:
+            await self._compute.run(gen.step)
         return self._answer(
             served, {"text": gen.text, "tokens": gen.tokens, "finish_reason": gen.finish_reason}
         )
@@ -369,7 +390,7 @@ class ModelServer:
         served = self._model("causal_lm")
         gen = Generation(served.loaded, **request)
         while not gen.finish_reason:
-            piece = await asyncio.to_thread(gen.step)
+            piece = await self._compute.run(gen.step)
             if piece:
                 yield {"token": piece}
         yield self._answer(

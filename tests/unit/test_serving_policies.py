@@ -387,6 +387,28 @@ def test_batch_gate_holds_requests_while_a_batch_runs():
     assert events == ["batch done", "wait 0.0", "admitted a", "admitted b", "wait 0.005"]
 
 
+def test_compute_thread_runs_passes_on_one_thread_and_loads_on_their_own():
+    import threading
+
+    from serving.model_server import ComputeThread
+
+    def where() -> tuple[int, threading.Thread]:
+        return threading.get_ident(), threading.current_thread()
+
+    async def scenario() -> tuple[list[int], threading.Thread]:
+        compute = ComputeThread("test")
+        # Passes submitted together still run one after another on the same thread.
+        passes = await asyncio.gather(*(compute.run(where) for _ in range(8)))
+        _, loader = await compute.run_once(where)
+        return [ident for ident, _ in passes], loader
+
+    passes, loader = asyncio.run(scenario())
+    assert len(set(passes)) == 1
+    assert loader.ident not in passes
+    loader.join(timeout=5)  # ends with its load, taking its OpenMP team with it
+    assert not loader.is_alive()
+
+
 def test_int8_variant_quantizes_linear_layers_and_keeps_the_answers(tmp_path):
     import torch
 
