@@ -508,6 +508,11 @@ def run_benchmark(
         f"threads: torch.set_num_threads({threads}) in every model replica and plain server; "
         "one replica per variant; Serve's proxy and ingress share the same cores; no access "
         "log (Serve's `logging.access_log: false`, uvicorn at log level warning).",
+        "forward passes: a replica runs all of them on one thread; the plain server, as a "
+        "minimal FastAPI app does, loads its model on the main thread and runs each pass on "
+        "FastAPI's thread pool, which leaves two OpenMP teams and makes a small pass wait for "
+        "sleeping OpenMP threads (`training.hardware.on_own_thread`: about 2x on a batch-1 "
+        "pass on 2 cores).",
         f"models: full {params['full']:,} parameters ({full}), distilled "
         f"{params['distilled']:,} ({distilled}).",
         f"load average (1 min) {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at "
