@@ -129,6 +129,7 @@ def served(ray_cluster, serving_registry, tmp_path_factory):
         "http": main["http"],
         "variants": {
             "distilled": {"model": "models:/sentiment-student@production", **small},
+            "shadow": {"model": "models:/sentiment-student@production", **small},
             # Scaled to zero until asked: /readyz must not wake it.
             "spare": {
                 "model": "models:/sentiment-student@production",
@@ -141,6 +142,14 @@ def served(ray_cluster, serving_registry, tmp_path_factory):
                     "downscale_delay_s": 2,
                 },
             },
+        },
+        # Two ingress replicas, each counting the texts it mirrors to `shadow`.
+        "routes": {
+            "classify": {
+                "policy": "fixed",
+                "variant": "distilled",
+                "shadow": {"variant": "shadow", "sample": 1.0},
+            }
         },
         "ingress_replicas": 2,
         "auth": {"enabled": True, "keys_file": str(keys), "admin_keys_file": str(admin_keys)},
@@ -396,7 +405,7 @@ def test_a_variant_scaled_to_zero_loads_on_demand(served):
     base = served["base"] + "/secure"
     assert _replicas(served, INGRESS, app="secure") == 2
     status, _, ready = request(base, "/readyz")
-    assert status == 200 and ready["variants"] == ["distilled"]
+    assert status == 200 and ready["variants"] == ["distilled", "shadow"]
     assert ready["on_demand"] == ["spare"]
     assert _replicas(served, "model-spare", app="secure") == 0
 
@@ -433,6 +442,32 @@ def test_auth_guards_v1_but_not_health(served):
     }
     # The main application has auth off.
     assert request(served["base"], "/v1/classify", body)[0] == 200
+
+
+def test_shadow_counts_total_every_ingress_replica(served):
+    """Whichever of the two ingress replicas answers `/v1/models`, it reports the shadow
+    requests that both of them mirrored."""
+    base = served["base"] + "/secure"
+
+    def mirrored() -> int:
+        return (
+            request(base, "/v1/models", key=API_KEY)[2]["shadow"]
+            .get("shadow", {})
+            .get("requests", 0)
+        )
+
+    before = max(mirrored() for _ in range(4))
+    body = {"texts": ["a fine film"]}
+    for _ in range(12):
+        status, _, answer = request(base, "/v1/classify", body, key=API_KEY)
+        assert status == 200 and answer["variant"] == "distilled"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        seen = [mirrored() for _ in range(6)]
+        if min(seen) >= before + 12:
+            break
+        time.sleep(0.2)
+    assert min(seen) >= before + 12, seen
 
 
 # ---------------------------------------------------------------- autoscaling and recovery
