@@ -50,7 +50,8 @@ GROUP = "classifiers"
 BASELINE_HOWTO = (
     "fmstack distill --config configs/distill/minilm-student.yaml --set distillation.alpha=0 "
     "--set distillation.augment.copies=0 --set train.epochs=8 "
-    "--set checkpoint.run_name=minilm-student-labels-only"
+    "--set checkpoint.run_name=minilm-student-labels-only "
+    "--set registry.name=sentiment-student-labels-only"
 )
 LABELS = {
     "accuracy": "accuracy",
