@@ -150,6 +150,18 @@ class OptimizerConfig(_Config):
     """Gradient-norm clipping threshold; 0 disables clipping."""
 
 
+class ClassifierOptimizerConfig(OptimizerConfig):
+    """AdamW for fine-tuning and distillation: BERT's fine-tuning defaults. A subclass, not a
+    default instance, so that a recipe setting only `lr` keeps `betas` and the rest."""
+
+    lr: float = Field(default=5e-5, gt=0)
+    """Peak learning rate (AdamW)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_steps: int = Field(default=10, ge=0)
+    """Linear warm-up steps from 0 to `lr`."""
+
+
 class DeepSpeedConfig(_Config):
     zero_stage: Literal[0, 1, 2, 3] = 2
     """ZeRO stage: 0 (plain data parallel), 1 (optimizer), 2 (+gradients), 3 (+parameters)."""
@@ -529,7 +541,7 @@ class _ClassifierJob(JobConfig):
     """Sequence classification (one label per text)."""
     data: LabeledDataConfig
     """Labeled examples and how they are split."""
-    optimizer: OptimizerConfig = OptimizerConfig(lr=5e-5, betas=(0.9, 0.999), warmup_steps=10)
+    optimizer: ClassifierOptimizerConfig = ClassifierOptimizerConfig()
     """AdamW and learning-rate schedule."""
     train: FinetuneTrainConfig
     """Batching, epochs, precision, evaluation and early stopping."""

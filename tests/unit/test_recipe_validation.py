@@ -99,6 +99,15 @@ def test_a_warm_up_longer_than_the_run_is_refused(recipe_factory, tmp_path):
         )
 
 
+def test_a_classifier_recipe_setting_some_optimizer_keys_keeps_the_others_defaults(tmp_path):
+    from tests.conftest import tiny_classifier_recipe
+
+    recipe = tiny_classifier_recipe(tmp_path, "minilm", optimizer={"lr": 3e-5})
+    assert FinetuneConfig.model_validate(recipe).optimizer.betas == (0.9, 0.999)
+    recipe["optimizer"] = {}
+    assert FinetuneConfig.model_validate(recipe).optimizer.lr == 5e-5
+
+
 def test_missing_required_section_is_named(recipe_factory):
     recipe = recipe_factory()
     del recipe["checkpoint"]
