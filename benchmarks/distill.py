@@ -257,6 +257,9 @@ def run_benchmark(
         + ", after 3 warm-up batches.",
         "student-int8: `quantize_dynamic` of the student's nn.Linear layers (embeddings stay "
         "fp32); params counts the student's weights, weights MiB the saved state dict.",
+        "models: "
+        + ", ".join(f"{name} {handover.describe_model(ref)}" for name, ref in refs.items())
+        + ".",
     ]
     if baseline and models["baseline"].parameters != student_params:
         notes.append(

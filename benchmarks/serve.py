@@ -513,8 +513,8 @@ def run_benchmark(
         "FastAPI's thread pool, which leaves two OpenMP teams and makes a small pass wait for "
         "sleeping OpenMP threads (`training.hardware.on_own_thread`: about 2x on a batch-1 "
         "pass on 2 cores).",
-        f"models: full {params['full']:,} parameters ({full}), distilled "
-        f"{params['distilled']:,} ({distilled}).",
+        f"models: full {params['full']:,} parameters ({handover.describe_model(full)}), "
+        f"distilled {params['distilled']:,} ({handover.describe_model(distilled)}).",
         f"load average (1 min) {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at "
         f"the end, on {os.cpu_count()} CPUs.",
     ]

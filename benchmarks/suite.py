@@ -97,13 +97,16 @@ def _missing_models(refs: list[str]) -> str | None:
 
 def bench_models() -> tuple[dict[str, str] | None, str]:
     """The model set to measure, and which it is (or why there is none)."""
+    from cluster import handover
+
     reasons = []
     for models in MODEL_SETS:
         missing = _missing_models([models["teacher"], models["student"]])
         if missing is None:
             if "baseline" in models and _missing_models([models["baseline"]]) is not None:
                 models = {k: v for k, v in models.items() if k != "baseline"}
-            return models, f"models: {', '.join(models.values())}"
+            named = ", ".join(handover.describe_model(ref) for ref in models.values())
+            return models, f"models: {named}"
         reasons.append(missing)
     return None, (
         "; ".join(reasons) + ". Train them with configs/finetune/minilm-rotten-tomatoes.yaml and "

@@ -28,6 +28,7 @@ __all__ = [
     "RegistryError",
     "check_gates",
     "check_student",
+    "describe_model",
     "register_export",
     "resolve_model",
     "resolve_start_model",
@@ -39,6 +40,15 @@ def resolve_model(ref: str, registry: str | None = None) -> str:
     if not is_model_ref(ref):
         return ref
     return str(Registry(registry or default_root()).resolve(ref))
+
+
+def describe_model(ref: str, registry: str | None = None) -> str:
+    """A reference as a report should name it: an alias with the version it names now
+    (`models:/sentiment@candidate (sentiment@2)`), anything else unchanged."""
+    if not is_model_ref(ref):
+        return ref
+    version = Registry(registry or default_root()).get(ref)
+    return f"{ref} ({version.name}@{version.version})"
 
 
 def check_gates(cfg: Any) -> None:

@@ -105,4 +105,4 @@ def test_without_the_full_recipes_models_the_suite_measures_the_demos(tmp_path, 
         "teacher": "models:/demo-sentiment@candidate",
         "student": "models:/demo-sentiment-student@candidate",
     }
-    assert "models:/demo-sentiment@candidate" in why
+    assert "models:/demo-sentiment@candidate (demo-sentiment@1)" in why
