@@ -31,8 +31,12 @@ ENV FMSTACK_CACHE=/opt/fmstack/cache \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The ray image's user is ray (uid 1000, group users/100); the chart runs every pod as it.
+# g++: DeepSpeed builds its CPU ops on first use, and `compile: true` serving variants compile
+# their kernels (torch.compile, Inductor); ray's CPU images ship without a C++ compiler.
 USER root
-RUN mkdir -p /opt/fmstack/cache /data /etc/fmstack/recipes \
+RUN apt-get update -y && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /opt/fmstack/cache /data /etc/fmstack/recipes \
  && chown -R 1000:100 /opt/fmstack /data /etc/fmstack
 USER 1000:100
 WORKDIR /opt/fmstack

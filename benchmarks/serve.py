@@ -1,7 +1,7 @@
 """Serving benchmark: fmstack's `/v1/classify` on Ray Serve side by side with a plain server.
 
     .venv/bin/python -m benchmarks.serve --full REF --distilled REF
-        [--threads 2] [--repeats 2] [--concurrency 1 8 32] [--out DIR]
+        [--threads 2] [--repeats 2] [--concurrency 1 8 32] [--eager] [--out DIR]
 
 REF is an export directory or a registry reference such as `models:/sentiment@candidate`.
 
@@ -10,8 +10,10 @@ full model's test split, sent to 127.0.0.1 by an asyncio client that keeps `conc
 requests in flight):
 
 - `fmstack-full`, `fmstack-distilled`: the Serve application with dynamic batching
-  (up to 32 requests, 5 ms wait);
+  (up to 32 requests, 5 ms wait) and `compile: true` (`--eager`: every variant without it);
 - `fmstack-full-nobatch`, `fmstack-distilled-nobatch`: the same with `max_batch_size: 1`;
+- `fmstack-full-nobatch-eager` (at concurrency 1 only): `fmstack-full-nobatch` without
+  `compile`, so that the report separates Serve's request path from the faster forward pass;
 - `fmstack-distilled-int8`: the distilled model served with `dtype: int8` (dynamic int8
   quantisation of its Linear layers; `make bench-distill` reports its accuracy);
 - `fmstack-cascade`: no variant named, so the classify route's cascade answers: the distilled
@@ -207,12 +209,20 @@ def start_plain_server(model_dir: str, threads: int) -> tuple[subprocess.Popen, 
 
 
 def serving_config(
-    full: str, distilled: str, threads: int, port: int, registry: str | None = None
+    full: str,
+    distilled: str,
+    threads: int,
+    port: int,
+    registry: str | None = None,
+    compile: bool = True,
 ) -> dict[str, Any]:
-    def variant(model: str, batch: int, dtype: str = "float32") -> dict[str, Any]:
+    def variant(
+        model: str, batch: int, dtype: str = "float32", compiled: bool = compile
+    ) -> dict[str, Any]:
         return {
             "model": model,
             "dtype": dtype,
+            "compile": compiled and dtype != "int8",
             "autoscaling": {"min_replicas": 1, "max_replicas": 1},
             "batching": {"max_batch_size": batch, "batch_wait_timeout_s": 0.005},
             "max_ongoing_requests": 64,
@@ -222,17 +232,20 @@ def serving_config(
             "watch_interval_s": 0,
         }
 
+    variants = {
+        "full": variant(full, 32),
+        "full-nobatch": variant(full, 1),
+        "distilled": variant(distilled, 32),
+        "distilled-nobatch": variant(distilled, 1),
+        "distilled-int8": variant(distilled, 32, "int8"),
+    }
+    if compile:
+        variants["full-nobatch-eager"] = variant(full, 1, compiled=False)
     return {
         "name": APP,
         "registry": registry,
         "http": {"host": "127.0.0.1", "port": port},
-        "variants": {
-            "full": variant(full, 32),
-            "full-nobatch": variant(full, 1),
-            "distilled": variant(distilled, 32),
-            "distilled-nobatch": variant(distilled, 1),
-            "distilled-int8": variant(distilled, 32, "int8"),
-        },
+        "variants": variants,
         "routes": {
             "classify": {
                 "policy": "cascade",
@@ -329,6 +342,7 @@ def run_benchmark(
     repeats: int = 2,
     concurrency: tuple[int, ...] = (1, 8, 32),
     max_examples: int = 512,
+    compile: bool = True,
     out_dir: str | Path = RESULTS_DIR,
 ) -> tuple[Report, Path, Path]:
     import ray
@@ -375,6 +389,7 @@ def run_benchmark(
                 threads,
                 port,
                 registry_dir,
+                compile,
             )
         )
         client.deploy(serve_config(cfg))
@@ -383,14 +398,17 @@ def run_benchmark(
         cases = []
         for c in concurrency:
             group = f"concurrency {c}"
-            for variant in (
+            variants = [
                 "full",
                 "full-nobatch",
                 "distilled",
                 "distilled-nobatch",
                 "distilled-int8",
                 "cascade",
-            ):
+            ]
+            if compile and c == 1:
+                variants.insert(2, "full-nobatch-eager")
+            for variant in variants:
                 fm_bodies = (
                     bodies if variant == "cascade" else [{**b, "model": variant} for b in bodies]
                 )
@@ -505,6 +523,13 @@ def run_benchmark(
         f"load: one text per request from the test split ({len(split.texts)} texts, cycled); "
         f"requests per case {', '.join(f'{REQUESTS[c]} at c{c}' for c in concurrency)}, after "
         f"{WARMUP} untimed warm-up requests; an asyncio client (aiohttp) on the same machine.",
+        "compile: "
+        + (
+            "`compile: true` on every float32 variant (torch.compile, Inductor); the int8 "
+            "variant, fmstack-full-nobatch-eager and the plain servers run eagerly."
+            if compile
+            else "off (`--eager`): every model runs eagerly."
+        ),
         f"threads: torch.set_num_threads({threads}) in every model replica and plain server; "
         "one replica per variant; Serve's proxy and ingress share the same cores; no access "
         "log (Serve's `logging.access_log: false`, uvicorn at log level warning).",
@@ -528,6 +553,7 @@ def run_benchmark(
             "machine": _cpu_info(),
             "versions": _versions(),
             "threads": threads,
+            "compile": compile,
             "concurrency": list(concurrency),
             "requests": REQUESTS,
             "models": {"full": full, "distilled": distilled, "parameters": params},
@@ -573,6 +599,12 @@ def target_notes(results: list, found: list, top: int) -> list[str]:
                 f"and {added - slower:+.1f} ms the longer request path (HAProxy, ingress, the "
                 "call to the model replica)."
             )
+        eager = median("fmstack-full-nobatch-eager-c1", "p50_ms")
+        if eager is not None:
+            note += (
+                f" Without compile (fmstack-full-nobatch-eager): {eager:.1f} ms, "
+                f"{eager - plain:+.1f} ms."
+            )
         notes.append(note)
     promotion = by_name.get("promotion")
     if promotion is not None and promotion.samples:
@@ -615,6 +647,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per model")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of interleaved cases")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--eager", action="store_true", help="serve every variant without `compile`"
+    )
     parser.add_argument("--out", default=str(RESULTS_DIR), help="where reports are written")
     args = parser.parse_args(argv)
     run_benchmark(
@@ -623,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         repeats=args.repeats,
         concurrency=tuple(args.concurrency),
+        compile=not args.eager,
         out_dir=args.out,
     )
     return 0

@@ -645,6 +645,7 @@ def user_config(variant: VariantConfig, version: int | None = None) -> dict[str,
         "forward_batch_size": variant.batching.forward_batch_size,
         "threads": variant.threads,
         "dtype": variant.dtype,
+        "compile": variant.compile,
         "max_length": variant.max_length,
         "watch_interval_s": variant.watch_interval_s,
     }

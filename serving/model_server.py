@@ -24,7 +24,7 @@ from ray import serve
 
 from serving import metrics
 from serving.inference import Generation, classify_texts, embed_texts
-from training import LoadedModel, load_model, quantize_int8
+from training import LoadedModel, compile_classifier, load_model, quantize_int8
 from training.hardware import on_own_thread
 
 logger = logging.getLogger("ray.serve")
@@ -42,12 +42,24 @@ class Served:
     """`name/3` for a registry version, else the directory's name."""
     registry_version: int | None
     loaded_at: float
+    options: tuple[str, bool] = ("float32", False)
+    """What it was loaded with: `load_served`'s dtype and compile."""
+    compile_error: str | None = None
+    """Why a model asked to compile runs eagerly instead."""
 
 
-def load_served(ref: str, registry: str | None, version: int | None, dtype: str) -> Served:
+def load_served(
+    ref: str,
+    registry: str | None,
+    version: int | None,
+    dtype: str,
+    compile: bool = False,
+) -> Served:
     """Load `ref` (a registry reference, directory, URI or packaged name), checksums verified.
 
-    `version` pins a registry version of the referenced model (promotion sets it)."""
+    `version` pins a registry version of the referenced model (promotion sets it); `compile`
+    runs a classifier through torch.compile, or eagerly, saying why, where it cannot (a model
+    that is no classifier, a node without a C++ compiler): slower, but serving."""
     from cluster.registry import ModelRef, Registry, default_root, is_model_ref, parse_ref
 
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else None
@@ -62,7 +74,14 @@ def load_served(ref: str, registry: str | None, version: int | None, dtype: str)
         name, registry_version = loaded.path.name, None
     if dtype == "int8":
         loaded = quantize_int8(loaded)
-    return Served(loaded, ref, name, registry_version, time.time())
+    compile_error = None
+    if compile:
+        try:
+            loaded = compile_classifier(loaded)
+        except Exception as err:  # noqa: BLE001 - Inductor fails in many ways; eager still works
+            compile_error = f"{type(err).__name__}: {err}"[:500]
+            logger.error("%s runs eagerly: compiling it failed: %s", name, compile_error)
+    return Served(loaded, ref, name, registry_version, time.time(), (dtype, compile), compile_error)
 
 
 def fallback_versions(ref: str, registry: str | None, failed: int | None) -> list[int]:
@@ -206,7 +225,12 @@ class ModelServer:
     async def _switch(self, ref: str, version: int | None) -> None:
         async with self._switch_lock:
             current = self._served
-            if current is not None and current.ref == ref:
+            # A new dtype or compile setting reloads the same model with it.
+            if (
+                current is not None
+                and current.ref == ref
+                and current.options == self._load_options()
+            ):
                 wanted = (
                     version
                     if version is not None
@@ -222,7 +246,7 @@ class ModelServer:
             key = f"{ref}#{version}"
             try:
                 served = await self._compute.run_once(
-                    load_served, ref, self.registry, version, self._settings.get("dtype", "float32")
+                    load_served, ref, self.registry, version, *self._load_options()
                 )
             except Exception as err:  # noqa: BLE001 - any load failure keeps the old model
                 why = f"{type(err).__name__}: {err}"
@@ -249,7 +273,6 @@ class ModelServer:
 
     async def _fallback(self, ref: str, failed: int | None) -> Served | None:
         """`ref` at the newest version its alias names or named that loads; None if none does."""
-        dtype = self._settings.get("dtype", "float32")
         try:
             versions = await asyncio.to_thread(fallback_versions, ref, self.registry, failed)
         except Exception as err:  # noqa: BLE001 - the first failure is the one reported
@@ -259,13 +282,19 @@ class ModelServer:
             if f"{ref}#{version}" in self._failed:
                 continue
             try:
-                return await self._compute.run_once(load_served, ref, self.registry, version, dtype)
+                return await self._compute.run_once(
+                    load_served, ref, self.registry, version, *self._load_options()
+                )
             except Exception as err:  # noqa: BLE001 - try the next one
                 self._failed[f"{ref}#{version}"] = f"{type(err).__name__}: {err}"
                 logger.error(
                     "variant %s: %s version %s also failed: %s", self.variant, ref, version, err
                 )
         return None
+
+    def _load_options(self) -> tuple[str, bool]:
+        """`load_served`'s dtype and compile, from the settings."""
+        return self._settings.get("dtype", "float32"), bool(self._settings.get("compile"))
 
     def _install(self, served: Served) -> None:
         self._served = served
@@ -420,6 +449,9 @@ class ModelServer:
             **base,
             "model": served.ref,
             "version": served.version,
+            "dtype": served.options[0],
+            "compiled": served.options[1] and served.compile_error is None,
+            "compile_error": served.compile_error,
             "task": served.loaded.task,
             "labels": served.loaded.label_names,
             "parameters": served.loaded.parameters,

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from training.inference import (
         LoadedModel,
         classify,
+        compile_classifier,
         load_model,
         quantize_int8,
         resolve_model_dir,
@@ -53,6 +54,7 @@ _HOMES = {
     "training.inference": (
         "LoadedModel",
         "classify",
+        "compile_classifier",
         "load_model",
         "quantize_int8",
         "resolve_model_dir",
@@ -72,6 +74,7 @@ __all__ = [
     "RecipeError",
     "RegistryConfig",
     "classify",
+    "compile_classifier",
     "format_validation_error",
     "load_model",
     "load_recipe",

@@ -128,7 +128,11 @@ def served(ray_cluster, serving_registry, tmp_path_factory):
         "registry": str(serving_registry),
         "http": main["http"],
         "variants": {
-            "distilled": {"model": "models:/sentiment-student@production", **small},
+            "distilled": {
+                "model": "models:/sentiment-student@production",
+                **small,
+                "compile": True,
+            },
             "shadow": {"model": "models:/sentiment-student@production", **small},
             # Scaled to zero until asked: /readyz must not wake it.
             "spare": {
@@ -442,6 +446,25 @@ def test_auth_guards_v1_but_not_health(served):
     }
     # The main application has auth off.
     assert request(served["base"], "/v1/classify", body)[0] == 200
+
+
+def test_a_compiled_variant_answers_as_the_eager_model(served):
+    """`secure`'s distilled variant runs through torch.compile; its probabilities are those of
+    the same registry version run eagerly."""
+    from training import classify, load_model
+
+    base = served["base"] + "/secure"
+    status, _, models = request(base, "/v1/models", key=API_KEY)
+    distilled = models["variants"]["distilled"]
+    assert status == 200 and distilled["compiled"] is True, distilled["compile_error"]
+    status, _, answer = request(base, "/v1/classify", {"texts": TEXTS}, key=API_KEY)
+    assert status == 200 and answer["variant"] == "distilled"
+    name, version = answer["version"].split("/")
+    eager = load_model(served["registry"].resolve(f"{name}@{version}"))
+    expected = classify(eager, TEXTS)
+    for row, probs in zip(answer["predictions"], expected, strict=True):
+        got = [row["probabilities"][label] for label in eager.label_names]
+        assert max(abs(g - p) for g, p in zip(got, probs, strict=True)) < 1e-4
 
 
 def test_shadow_counts_total_every_ingress_replica(served):

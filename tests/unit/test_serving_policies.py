@@ -57,6 +57,12 @@ def test_bad_routes_name_the_key(routes, message):
         config(routes=routes)
 
 
+def test_compile_is_refused_with_int8():
+    with pytest.raises(RecipeError, match="variants.a: compile: dynamic int8 layers"):
+        config(variants={"a": {"model": "x", "dtype": "int8", "compile": True}})
+    assert config(variants={"a": {"model": "x", "compile": True}}).variants["a"].compile
+
+
 def test_autoscaling_bounds_are_checked():
     with pytest.raises(RecipeError, match="max_replicas .* at least min_replicas"):
         parse_serve_config({"variants": {"a": {"model": "x", "autoscaling": {"min_replicas": 3}}}})
@@ -663,3 +669,34 @@ def test_side_ports_move_only_those_taken(monkeypatch):
         moved = deploy.side_ports_env(keep_defaults=True)
         assert list(moved) == ["TAKEN"] and int(moved["TAKEN"]) != taken
         assert set(deploy.side_ports_env(keep_defaults=False)) == {"TAKEN", "FREE"}
+
+
+def test_a_compiled_classifier_answers_as_the_eager_one(tmp_path):
+    import numpy as np
+
+    from tests.conftest import export_tiny_classifier
+    from training import classify, compile_classifier, load_model
+
+    eager = load_model(export_tiny_classifier(tmp_path / "clf", seed=0))
+    compiled = compile_classifier(eager)
+    texts = ["a fine film", "dull", "an uneven but often delightful comedy, and long"] * 6
+    for n in (1, 2, 3, 18):  # one text and batches of several sizes and lengths
+        assert np.abs(classify(compiled, texts[:n]) - classify(eager, texts[:n])).max() < 1e-4
+
+
+def test_only_classifiers_compile(tiny_lm):
+    from training import compile_classifier
+
+    with pytest.raises(ValueError, match="compile serves classifiers; .* is a causal_lm model"):
+        compile_classifier(tiny_lm)
+
+
+def test_a_model_that_cannot_compile_is_served_eagerly_saying_why(tiny_causal_lm_dir):
+    import torch
+
+    from serving.model_server import load_served
+
+    served = load_served(str(tiny_causal_lm_dir), None, None, "float32", compile=True)
+    assert served.compile_error is not None
+    assert "compile serves classifiers" in served.compile_error
+    assert served.loaded.model(torch.tensor([[1, 2, 3]])).logits.shape[:2] == (1, 3)
