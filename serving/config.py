@@ -117,9 +117,10 @@ class VariantConfig(_Config):
     the Linear layers dynamically (CPU only), e.g. for a distilled student: `make bench-distill`
     measures its accuracy next to float32."""
     compile: bool = False
-    """Run the model through `torch.compile` (classifiers, float32 or bfloat16): on CPUs a
-    batch-1 pass is about a quarter faster. Each replica compiles when it loads a model (tens of
-    seconds; Inductor caches the result on the node's disk) and needs a C++ compiler."""
+    """Run classification through `torch.compile` (classifiers, float32 or bfloat16; embeddings
+    stay eager): on CPUs a batch-1 pass is about a quarter faster. Each replica compiles when it
+    loads a model (tens of seconds; Inductor caches the result on the node's disk) and needs a
+    C++ compiler; a model that cannot compile is served eagerly, and `/v1/models` says why."""
     max_length: int = Field(default=128, ge=8)
     """Tokens per text; longer texts are truncated (classify, embed)."""
     watch_interval_s: float = Field(default=5.0, ge=0)

@@ -42,7 +42,10 @@ def embed_texts(
     enc = tok(
         list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt"
     )
-    out = loaded.model(**enc, output_hidden_states=True)
+    # Eagerly, also for a compiled classifier: compiled for classify's call only, it would stop to
+    # compile this one on the first embedding request.
+    model = getattr(loaded.model, "_orig_mod", loaded.model)
+    out = model(**enc, output_hidden_states=True)
     hidden = out.hidden_states[-1].float()
     mask = enc["attention_mask"].unsqueeze(-1).float()
     vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)

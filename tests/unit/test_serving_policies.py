@@ -674,6 +674,7 @@ def test_side_ports_move_only_those_taken(monkeypatch):
 def test_a_compiled_classifier_answers_as_the_eager_one(tmp_path):
     import numpy as np
 
+    from serving.inference import embed_texts
     from tests.conftest import export_tiny_classifier
     from training import classify, compile_classifier, load_model
 
@@ -682,6 +683,8 @@ def test_a_compiled_classifier_answers_as_the_eager_one(tmp_path):
     texts = ["a fine film", "dull", "an uneven but often delightful comedy, and long"] * 6
     for n in (1, 2, 3, 18):  # one text and batches of several sizes and lengths
         assert np.abs(classify(compiled, texts[:n]) - classify(eager, texts[:n])).max() < 1e-4
+    # Embeddings run the uncompiled module, so they never stop to compile.
+    assert embed_texts(compiled, texts[:3], 64) == embed_texts(eager, texts[:3], 64)
 
 
 def test_only_classifiers_compile(tiny_lm):
