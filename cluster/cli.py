@@ -172,6 +172,14 @@ def evaluate(
         ),
     ] = None,
     output: Annotated[Path | None, typer.Option(help="Write the results as JSON here")] = None,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Run classifiers through torch.compile first, as a serving variant with "
+            "`compile: true` does, so the latency is what its replicas see",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate classifiers (report, confusion matrix) or causal and masked LMs (loss,
     perplexity) on held-out data, with latency at batch 1 and 32, in one table."""
@@ -183,7 +191,9 @@ def evaluate(
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
     try:
         option = DataOption(data, data_format, text_column, label_column) if data else None
-        compare_models(models, split, threads, max_examples, output, console, option, registry)
+        compare_models(
+            models, split, threads, max_examples, output, console, option, registry, compile
+        )
     except (EvalError, handover.RegistryError, FileNotFoundError, ValueError) as err:
         raise _fail(str(err)) from None
 

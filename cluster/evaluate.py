@@ -58,13 +58,15 @@ def compare_models(
     console: Console,
     data: DataOption | None = None,
     registry: str | None = None,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate every model on the same held-out data (`split` None: the task's default), print
-    the reports and a comparison table, and return the results."""
+    the reports and a comparison table, and return the results. `compile` runs classifiers
+    through torch.compile first, as serving's `compile: true` does."""
     import torch
     import transformers
 
-    from training import load_model
+    from training import compile_classifier, load_model
 
     if split is not None and split not in SPLITS:
         raise EvalError(f"--split {split}: use {', '.join(SPLITS)}")
@@ -73,6 +75,8 @@ def compare_models(
     loaded = [load_model(handover.resolve_model(ref, registry)) for ref in refs]
     tasks = {model.task for model in loaded}
     if tasks in ({"causal_lm"}, {"masked_lm"}):
+        if compile:
+            raise EvalError("--compile applies to classifiers; leave it out for language models")
         results = _evaluate_language_models(
             refs, loaded, split, threads, max_examples, data, console
         )
@@ -84,6 +88,8 @@ def compare_models(
                     f"{ref} is a {model.task} model; fmstack eval compares classifiers, causal "
                     "LMs or masked LMs, each with their own kind"
                 )
+        if compile:
+            loaded = [compile_classifier(model) for model in loaded]
         source = (
             labeled_source(data.path, data.data_format, data.text_column, data.label_column)
             if data
@@ -92,6 +98,8 @@ def compare_models(
         results = _evaluate_classifiers(
             refs, loaded, split or "test", threads, max_examples, source, console
         )
+        for result in results:
+            result["compiled"] = compile
         console.print(comparison_table(results))
     if output:
         output.write_text(json.dumps(results, indent=2))
@@ -270,8 +278,9 @@ def _comparison_table(
 ) -> Table:
     """Parameters, `scores`, latency at batch 1 and 32, the batch-32 `rate` (column, latency
     key) and its ratio to the first model's."""
+    compiled = ", compiled" if results[0].get("compiled") else ""
     table = Table(
-        title=f"{title}, {results[0]['threads']} threads",
+        title=f"{title}, {results[0]['threads']} threads{compiled}",
         caption=caption,
         box=box.SIMPLE_HEAD,
         pad_edge=False,

@@ -73,6 +73,20 @@ def test_eval_scores_every_row_of_the_users_data(user_data, model, tmp_path):
     assert "all split, 1 threads" in output
 
 
+def test_eval_compiles_classifiers_on_request(user_data, model, tmp_path):
+    out = tmp_path / "results.json"
+    args = (str(model), "--data", str(user_data), "--split", "all", "--output", str(out))
+    code, output = _eval(*args)
+    assert code == 0, output
+    (eager,) = json.loads(out.read_text())
+    code, output = _eval(*args, "--compile")
+    assert code == 0, output
+    (compiled,) = json.loads(out.read_text())
+    assert (compiled["compiled"], eager["compiled"]) == (True, False)
+    assert compiled["report"] == eager["report"]  # the same predictions
+    assert "all split, 1 threads, compiled" in output
+
+
 def test_eval_takes_a_split_of_the_users_data(user_data, model, tmp_path):
     out = tmp_path / "results.json"
     code, output = _eval(str(model), "--data", str(user_data), "--output", str(out))
@@ -138,6 +152,8 @@ def test_eval_of_causal_lms_says_what_it_needs(causal_lm, model, tmp_path):
     # A classifier and a causal LM do not compare; nor do two different tokenizers.
     code, output = _eval(str(model), str(causal_lm))
     assert code == 2 and "is a causal_lm model" in output
+    code, output = _eval(str(causal_lm), "--compile")
+    assert code == 2 and "--compile applies to classifiers" in output
     _, other = tiny_causal_distill_recipe(tmp_path, "other")  # a Llama with its own tokenizer
     code, output = _eval(str(causal_lm), str(other), "--data", str(tmp_path / "held-out.txt"))
     assert code == 2 and "has another tokenizer" in output
