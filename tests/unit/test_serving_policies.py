@@ -703,3 +703,24 @@ def test_a_model_that_cannot_compile_is_served_eagerly_saying_why(tiny_causal_lm
     assert served.compile_error is not None
     assert "compile serves classifiers" in served.compile_error
     assert served.loaded.model(torch.tensor([[1, 2, 3]])).logits.shape[:2] == (1, 3)
+
+
+def test_a_new_dtype_or_compile_reloads_the_served_model_in_place(tmp_path):
+    from serving.model_server import ModelServer
+    from tests.conftest import export_tiny_classifier
+
+    settings = {"model": str(export_tiny_classifier(tmp_path / "clf", seed=0)), "threads": 1}
+    server = ModelServer("full", None)
+
+    async def reconfigure(**changes) -> dict:
+        await server.reconfigure({**settings, **changes})
+        return server.info()
+
+    first = asyncio.run(reconfigure())
+    assert (first["dtype"], first["compiled"]) == ("float32", False)
+    bf16 = asyncio.run(reconfigure(dtype="bfloat16"))
+    assert bf16["dtype"] == "bfloat16" and bf16["loaded_at"] > first["loaded_at"]
+    compiled = asyncio.run(reconfigure(dtype="bfloat16", compile=True))
+    assert compiled["compiled"] is True and compiled["compile_error"] is None
+    same = asyncio.run(reconfigure(dtype="bfloat16", compile=True))
+    assert same["loaded_at"] == compiled["loaded_at"]  # nothing changed: no reload
