@@ -713,7 +713,9 @@ def test_a_new_dtype_or_compile_reloads_the_served_model_in_place(tmp_path):
     server = ModelServer("full", None)
 
     async def reconfigure(**changes) -> dict:
-        await server.reconfigure({**settings, **changes})
+        # What `reconfigure` does after the batching setters, which need a Serve replica.
+        server._settings = {**settings, **changes}
+        await server._switch(settings["model"], None)
         return server.info()
 
     first = asyncio.run(reconfigure())
