@@ -30,7 +30,8 @@ Every model runs with `torch.set_num_threads(threads)` in one replica or process
 writes a log line per request. Figures: QPS,
 p50 and p99 latency (ms), errors, the mean time of one forward pass in the model's process
 (tokenising included), and for fmstack the mean batch size the requests ran in (warm-up requests
-included in both). Targets: Serve adds at most 5 ms at p50 at concurrency 1
+included in both), and CPU time per request: the whole machine's and the model process's (for
+the cascade, both replicas'). Targets: Serve adds at most 5 ms at p50 at concurrency 1
 (fmstack-full-nobatch vs plain-full); with batching fmstack reaches at least 2x plain's QPS at
 concurrency 32 at equal or better p99; distilled reaches at least 3x full's QPS.
 """
@@ -71,6 +72,8 @@ LABELS = {
     "errors": "errors",
     "forward_ms": "forward ms",
     "mean_batch": "mean batch",
+    "cpu_ms": "CPU ms/req",
+    "model_cpu_ms": "model CPU ms/req",
     "promote_to_serving_s": "promote to new version (s)",
     "failed_requests": "failed requests",
     "requests_during": "requests during",
@@ -171,6 +174,66 @@ def counted_case(
             figures["forward_ms"] = 1000 * (seconds_after - seconds) / (passes_after - passes)
             if batching:
                 figures["mean_batch"] = (requests_after - requests) / (passes_after - passes)
+        return figures
+
+    return run
+
+
+def busy_cpu_ms() -> float:
+    """CPU time the whole machine has spent busy since boot, in ms (all cores; guest time is
+    already inside user time)."""
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = ("user", "nice", "system", "irq", "softirq", "steal")
+    return 1000 * sum(getattr(t, field, 0.0) for field in busy)
+
+
+def processes_cpu_ms(pids: Callable[[], list[int]]) -> float:
+    """CPU time (user + system, all threads) of the given processes, in ms."""
+    import psutil
+
+    total = 0.0
+    for pid in pids():
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += 1000 * (t.user + t.system)
+    return total
+
+
+def replica_pids(variants: tuple[str, ...]) -> Callable[[], list[int]]:
+    """The processes of this benchmark's model replicas for `variants`, found by the title Ray
+    gives a replica's worker process (`ray::ServeReplica:<app>:<deployment>`)."""
+    import psutil
+
+    titles = tuple(f"ServeReplica:{APP}:model-{v}" for v in variants)
+
+    def find() -> list[int]:
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or ())
+            if any(cmdline.startswith(f"ray::{t}") for t in titles):
+                found.append(proc.pid)
+        return found
+
+    return find
+
+
+def cpu_case(
+    load: Callable[[], Figures], model_pids: Callable[[], list[int]], requests: int
+) -> Callable[[], Figures]:
+    """A load case that also reports CPU time per request: the whole machine's (`cpu_ms`:
+    server, client and everything else on it) and the model process's (`model_cpu_ms`). Their
+    difference is what a request costs outside the forward passes, for every model alike; it
+    is why a model that is N times cheaper does not serve N times the requests."""
+
+    def run() -> Figures:
+        machine, model = busy_cpu_ms(), processes_cpu_ms(model_pids)
+        figures = dict(load())
+        figures["cpu_ms"] = (busy_cpu_ms() - machine) / requests
+        figures["model_cpu_ms"] = (processes_cpu_ms(model_pids) - model) / requests
         return figures
 
     return run
@@ -398,6 +461,7 @@ def run_benchmark(
         cases = []
         for c in concurrency:
             group = f"concurrency {c}"
+            sent = WARMUP + REQUESTS.get(c, 240)
             variants = [
                 "full",
                 "full-nobatch",
@@ -412,29 +476,34 @@ def run_benchmark(
                 fm_bodies = (
                     bodies if variant == "cascade" else [{**b, "model": variant} for b in bodies]
                 )
+                # The cascade asks the distilled variant first, and the full one for some texts.
+                served_by = ("distilled", "full") if variant == "cascade" else (variant,)
                 cases.append(
                     Case(
                         f"fmstack-{variant}-c{c}",
-                        # The cascade asks the distilled variant first.
                         counted_case(
-                            load_case(f"{base}/v1/classify", fm_bodies, c),
-                            functools.partial(
-                                replica_counters,
-                                base,
-                                "distilled" if variant == "cascade" else variant,
+                            cpu_case(
+                                load_case(f"{base}/v1/classify", fm_bodies, c),
+                                replica_pids(served_by),
+                                sent,
                             ),
+                            functools.partial(replica_counters, base, served_by[0]),
                             batching=True,
                         ),
                         group,
                         params={"concurrency": c, "variant": variant},
                     )
                 )
-            for name, (_, url) in plain.items():
+            for name, (process, url) in plain.items():
                 cases.append(
                     Case(
                         f"plain-{name}-c{c}",
                         counted_case(
-                            load_case(f"{url}/classify", bodies, c),
+                            cpu_case(
+                                load_case(f"{url}/classify", bodies, c),
+                                lambda pid=process.pid: [pid],
+                                sent,
+                            ),
                             functools.partial(plain_counters, url),
                             batching=False,
                         ),
@@ -495,6 +564,13 @@ def run_benchmark(
             f"fmstack-distilled-int8-c{top}",
             f"fmstack-full-c{top}",
             "qps",
+        ),
+        ratio(
+            results,
+            f"fmstack-full / fmstack-distilled, model CPU per request at c{top}",
+            f"fmstack-full-c{top}",
+            f"fmstack-distilled-c{top}",
+            "model_cpu_ms",
         ),
         ratio(
             results,
@@ -632,6 +708,23 @@ def target_notes(results: list, found: list, top: int) -> list[str]:
         sign = ">=" if higher else "<="
         notes.append(
             f"{'PASS' if met else 'FAIL'}: {label} {sign} {target:g} (median {stat.median:.2f})."
+        )
+    cpu = {
+        name: (
+            median(f"fmstack-{name}-c{top}", "cpu_ms"),
+            median(f"fmstack-{name}-c{top}", "model_cpu_ms"),
+        )
+        for name in ("full", "distilled")
+    }
+    if all(a is not None and b for a, b in cpu.values()):
+        (full_all, full_model), (dist_all, dist_model) = cpu["full"], cpu["distilled"]
+        notes.append(
+            f"CPU per request at c{top} (whole machine / model replica / the rest): full "
+            f"{full_all:.1f} / {full_model:.1f} / {full_all - full_model:.1f} ms, distilled "
+            f"{dist_all:.1f} / {dist_model:.1f} / {dist_all - dist_model:.1f} ms. The rest "
+            "(ingress, HAProxy, Ray's own processes, the client) costs every model alike. Were "
+            "it free, QPS could scale at most as the model replicas' CPU per request: "
+            f"distilled / full {full_model / dist_model:.2f}x."
         )
     return notes
 

@@ -1,12 +1,15 @@
-"""The serving benchmark's bookkeeping: forward-pass time and batch size per case, and how the
-concurrency-1 overhead is split between the model and the request path."""
+"""The serving benchmark's bookkeeping: forward-pass time and batch size per case, CPU time per
+request, and how the overheads are split between the model and the rest."""
 
 from __future__ import annotations
+
+import os
+import time
 
 import pytest
 
 from benchmarks.harness import CaseResult, Sample
-from benchmarks.serve import counted_case, target_notes
+from benchmarks.serve import counted_case, cpu_case, target_notes
 
 
 def test_a_case_reports_forward_time_and_batch_size_from_the_counters() -> None:
@@ -36,3 +39,35 @@ def test_the_concurrency_1_overhead_is_split_into_model_and_path() -> None:
     assert "= +19.0 ms" in note
     assert "+11.0 ms is a slower forward pass" in note
     assert "+8.0 ms the longer request path" in note
+
+
+def _spin(seconds: float) -> dict[str, float]:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return {"qps": 1.0}
+
+
+def test_a_case_reports_cpu_per_request_of_the_machine_and_of_the_model_process() -> None:
+    # The "model process" is this one, spinning 0.4 s of CPU over 4 requests.
+    run = cpu_case(lambda: _spin(0.4), lambda: [os.getpid()], requests=4)
+    figures = run()
+    assert figures["qps"] == 1.0
+    assert figures["model_cpu_ms"] == pytest.approx(100.0, abs=10.0)
+    assert figures["cpu_ms"] >= figures["model_cpu_ms"] - 5.0  # the machine includes it
+
+    gone = cpu_case(lambda: _spin(0.05), lambda: [2**22 + 7], requests=1)  # no such process
+    assert gone()["model_cpu_ms"] == 0.0
+
+
+def test_the_cpu_note_bounds_the_distilled_to_full_ratio_by_the_model_replicas() -> None:
+    results = [
+        CaseResult(name, "concurrency 32", {}, samples=[Sample(0, figures, 1.0, 0.0)])
+        for name, figures in [
+            ("fmstack-full-c32", {"cpu_ms": 13.0, "model_cpu_ms": 10.0}),
+            ("fmstack-distilled-c32", {"cpu_ms": 7.5, "model_cpu_ms": 4.0}),
+        ]
+    ]
+    (note,) = target_notes(results, [], 32)
+    assert "full 13.0 / 10.0 / 3.0 ms, distilled 7.5 / 4.0 / 3.5 ms" in note
+    assert note.endswith("distilled / full 2.50x.")
