@@ -1,13 +1,15 @@
 """Distillation benchmark: a distilled classifier side by side with its teacher.
 
     .venv/bin/python -m benchmarks.distill --teacher REF --student REF [--baseline REF]
-        [--threads 2] [--repeats 3] [--max-examples N] [--out DIR]
+        [--threads 2] [--repeats 3] [--max-examples N] [--eager] [--out DIR]
 
 REF is an export directory or a registry reference such as `models:/sentiment@candidate`.
 
 Cases, interleaved over rounds: `teacher`, `student`, `student-int8` (a copy of the student with
-dynamic int8 quantisation of its `nn.Linear` layers) and `baseline` (the student's architecture
-trained on labels alone, when `--baseline` is given). Every case runs with the same
+dynamic int8 quantisation of its `nn.Linear` layers), `baseline` (the student's architecture
+trained on labels alone, when `--baseline` is given), and `teacher-compiled` and
+`student-compiled`: the two run through `torch.compile` as a serving variant with
+`compile: true` runs them (not with `--eager`). Every case runs with the same
 `torch.set_num_threads(threads)` and is scored on the held-out test split of the teacher's recipe,
 rebuilt as `fmstack eval` does:
 
@@ -16,7 +18,8 @@ rebuilt as `fmstack eval` does:
 - parameter count and the size of the saved weights.
 
 Ratios are paired by round and checked against targets: student/teacher accuracy >= 0.97,
-student/teacher batch-32 throughput >= 3, student/baseline accuracy > 1.
+student/teacher batch-32 throughput >= 3, student/baseline accuracy > 1. The compiled pair's
+throughput ratio is reported beside the eager one.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from cluster import handover
 from cluster.evaluate import LATENCY_BATCHES, HeldOutSplit, held_out_split
 from training.inference import (
     LoadedModel,
+    compile_classifier,
     evaluate_classifier,
     load_model,
     measure_latency,
@@ -107,6 +111,14 @@ def int8_copy(student: LoadedModel) -> tuple[LoadedModel | None, str | None]:
         return None, str(err)
 
 
+def compiled_copy(loaded: LoadedModel) -> tuple[LoadedModel | None, str | None]:
+    """The model through `torch.compile`, compiled before the timed rounds, or why not."""
+    try:
+        return compile_classifier(loaded), None
+    except Exception as err:  # Inductor needs a C++ compiler; say what failed, run the rest
+        return None, f"torch.compile failed: {type(err).__name__}: {err}"[:300]
+
+
 def classifier_case(loaded: LoadedModel, split: HeldOutSplit, params: int) -> Callable[[], Figures]:
     """Accuracy and macro F1 (first round, then reused) and latency at batch 1 and 32."""
     fixed: dict[str, float] = {}
@@ -157,6 +169,13 @@ def ratios(results: list[CaseResult]) -> list[Ratio]:
             "b32_ex_per_s",
         ),
         ratio(results, VS_BASELINE, "student", "baseline", "accuracy"),
+        ratio(
+            results,
+            "student-compiled / teacher-compiled, b32 throughput",
+            "student-compiled",
+            "teacher-compiled",
+            "b32_ex_per_s",
+        ),
     ]
 
 
@@ -181,6 +200,7 @@ def run_benchmark(
     threads: int = 2,
     repeats: int = 3,
     max_examples: int | None = None,
+    compile: bool = True,
     out_dir: str | Path = RESULTS_DIR,
 ) -> tuple[Report, Path, Path]:
     """Run the benchmark, write its JSON and Markdown report, print the Markdown."""
@@ -219,6 +239,18 @@ def run_benchmark(
         ),
     ]
     with torch_threads(threads):
+        if compile:
+            for name in ("teacher", "student"):
+                compiled, reason = compiled_copy(models[name])
+                cases.append(
+                    case(
+                        f"{name}-compiled",
+                        compiled,
+                        reason,
+                        ref=refs[name],
+                        parameters=models[name].parameters,
+                    )
+                )
         results = run_interleaved(cases, repeats)
     found = ratios(results)
 
@@ -226,6 +258,7 @@ def run_benchmark(
         "machine": _cpu_info(),
         "versions": _versions(),
         "threads": threads,
+        "compile": compile,
         "models": {
             name: {"ref": refs[name], "path": str(m.path), "parameters": m.parameters}
             for name, m in models.items()
@@ -257,6 +290,13 @@ def run_benchmark(
         + ", after 3 warm-up batches.",
         "student-int8: `quantize_dynamic` of the student's nn.Linear layers (embeddings stay "
         "fp32); params counts the student's weights, weights MiB the saved state dict.",
+        "compiled cases: "
+        + (
+            "`training.compile_classifier` (torch.compile, Inductor, dynamic shapes), as a "
+            "serving variant with `compile: true`; compiled before the rounds."
+            if compile
+            else "not run (`--eager`)."
+        ),
         "models: "
         + ", ".join(f"{name} {handover.describe_model(ref)}" for name, ref in refs.items())
         + ".",
@@ -300,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for every case")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of interleaved cases")
     parser.add_argument("--max-examples", type=int, help="use the first N test examples only")
+    parser.add_argument(
+        "--eager", action="store_true", help="skip the compiled teacher and student cases"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where reports go")
     args = parser.parse_args(argv)
     report, _, _ = run_benchmark(
@@ -309,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         repeats=args.repeats,
         max_examples=args.max_examples,
+        compile=not args.eager,
         out_dir=args.out,
     )
     return 1 if any(c.status == "error" for c in report.cases) else 0
