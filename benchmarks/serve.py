@@ -19,7 +19,9 @@ requests in flight):
 - `fmstack-cascade`: no variant named, so the classify route's cascade answers: the distilled
   model first, the full model for texts it scores below 0.9;
 - `plain-full`, `plain-distilled`: the same model behind a minimal FastAPI + transformers app
-  under uvicorn (`benchmarks/plain_server.py`), one forward pass per request.
+  under uvicorn (`benchmarks/plain_server.py`), one forward pass per request;
+- `fmstack-full-x8`, `fmstack-distilled-x8` (at the highest concurrency only): clients that send
+  8 texts a request, which share a request's fixed cost; figure texts/s besides QPS.
 
 And once per round, `promotion`: under steady load (8 clients on the cascade), the full variant is
 promoted to another registry version (the same weights registered twice) by redeploying with the
@@ -64,9 +66,12 @@ from training import load_model
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REQUESTS = {1: 80, 8: 240, 32: 480}
+TEXTS_PER_BATCH_REQUEST = 8
+BATCH_REQUESTS = 120
 WARMUP = 16
 LABELS = {
     "qps": "QPS",
+    "texts_per_s": "texts/s",
     "p50_ms": "p50 ms",
     "p99_ms": "p99 ms",
     "errors": "errors",
@@ -122,17 +127,24 @@ async def _load(url: str, bodies: list[dict], concurrency: int, requests: int) -
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     ms = [t * 1000 for t in latencies]
-    return {
+    figures = {
         "qps": len(latencies) / elapsed,
         "p50_ms": statistics.median(ms),
         "p99_ms": percentile(ms, 0.99),
         "errors": errors,
     }
+    texts = sum(len(bodies[i % len(bodies)]["texts"]) for i in range(WARMUP, WARMUP + requests))
+    if texts != requests:
+        figures["texts_per_s"] = texts / elapsed
+    return figures
 
 
-def load_case(url: str, bodies: list[dict], concurrency: int) -> Callable[[], Figures]:
+def load_case(
+    url: str, bodies: list[dict], concurrency: int, requests: int | None = None
+) -> Callable[[], Figures]:
     def run() -> Figures:
-        return asyncio.run(_load(url, bodies, concurrency, REQUESTS.get(concurrency, 240)))
+        sent = requests or REQUESTS.get(concurrency, 240)
+        return asyncio.run(_load(url, bodies, concurrency, sent))
 
     return run
 
@@ -511,6 +523,31 @@ def run_benchmark(
                         params={"concurrency": c, "model": name},
                     )
                 )
+        # Clients that send several texts a request share its fixed cost among them.
+        top, k = max(concurrency), TEXTS_PER_BATCH_REQUEST
+        multi = [{"texts": split.texts[i : i + k]} for i in range(0, len(split.texts) - k + 1, k)]
+        for variant in ("full", "distilled"):
+            cases.append(
+                Case(
+                    f"fmstack-{variant}-x{k}-c{top}",
+                    counted_case(
+                        cpu_case(
+                            load_case(
+                                f"{base}/v1/classify",
+                                [{**b, "model": variant} for b in multi],
+                                top,
+                                BATCH_REQUESTS,
+                            ),
+                            replica_pids((variant,)),
+                            WARMUP + BATCH_REQUESTS,
+                        ),
+                        functools.partial(replica_counters, base, variant),
+                        batching=True,
+                    ),
+                    f"{k} texts per request, concurrency {top}",
+                    params={"concurrency": top, "variant": variant, "texts_per_request": k},
+                )
+            )
         cases.append(
             Case(
                 "promotion",
@@ -528,7 +565,6 @@ def run_benchmark(
             process.terminate()
             process.wait(30)
 
-    top = max(concurrency)
     found = [
         ratio(
             results,
@@ -574,6 +610,13 @@ def run_benchmark(
         ),
         ratio(
             results,
+            f"fmstack-distilled / fmstack-full, texts/s with {k} texts a request at c{top}",
+            f"fmstack-distilled-x{k}-c{top}",
+            f"fmstack-full-x{k}-c{top}",
+            "texts_per_s",
+        ),
+        ratio(
+            results,
             f"fmstack-cascade / fmstack-full, QPS at c{top}",
             f"fmstack-cascade-c{top}",
             f"fmstack-full-c{top}",
@@ -598,7 +641,8 @@ def run_benchmark(
     notes += [
         f"load: one text per request from the test split ({len(split.texts)} texts, cycled); "
         f"requests per case {', '.join(f'{REQUESTS[c]} at c{c}' for c in concurrency)}, after "
-        f"{WARMUP} untimed warm-up requests; an asyncio client (aiohttp) on the same machine.",
+        f"{WARMUP} untimed warm-up requests ({BATCH_REQUESTS} of {TEXTS_PER_BATCH_REQUEST} "
+        "texts each for the x8 cases); an asyncio client (aiohttp) on the same machine.",
         "compile: "
         + (
             "`compile: true` on every float32 variant (torch.compile, Inductor); the int8 "

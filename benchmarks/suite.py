@@ -339,7 +339,7 @@ def _plot_distill(report: Report, plt: Any) -> Any:
 def _plot_serve(report: Report, plt: Any) -> Any:
     series: dict[str, list[tuple[int, float, float]]] = {}
     for c in report.cases:
-        if "concurrency" not in c.params or not c.samples:
+        if "concurrency" not in c.params or "texts_per_request" in c.params or not c.samples:
             continue
         family = c.name.rsplit("-c", 1)[0]
         s = c.summary()
