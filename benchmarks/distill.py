@@ -42,11 +42,11 @@ from cluster import handover
 from cluster.evaluate import LATENCY_BATCHES, HeldOutSplit, held_out_split
 from training.inference import (
     LoadedModel,
-    compile_classifier,
     evaluate_classifier,
     load_model,
     measure_latency,
     quantize_int8,
+    try_compile_classifier,
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -109,14 +109,6 @@ def int8_copy(student: LoadedModel) -> tuple[LoadedModel | None, str | None]:
         return quantize_int8(student), None
     except RuntimeError as err:
         return None, str(err)
-
-
-def compiled_copy(loaded: LoadedModel) -> tuple[LoadedModel | None, str | None]:
-    """The model through `torch.compile`, compiled before the timed rounds, or why not."""
-    try:
-        return compile_classifier(loaded), None
-    except Exception as err:  # Inductor needs a C++ compiler; say what failed, run the rest
-        return None, f"torch.compile failed: {type(err).__name__}: {err}"[:300]
 
 
 def classifier_case(loaded: LoadedModel, split: HeldOutSplit, params: int) -> Callable[[], Figures]:
@@ -241,7 +233,7 @@ def run_benchmark(
     with torch_threads(threads):
         if compile:
             for name in ("teacher", "student"):
-                compiled, reason = compiled_copy(models[name])
+                compiled, reason = try_compile_classifier(models[name])
                 cases.append(
                     case(
                         f"{name}-compiled",

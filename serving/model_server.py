@@ -24,7 +24,7 @@ from ray import serve
 
 from serving import metrics
 from serving.inference import Generation, classify_texts, embed_texts
-from training import LoadedModel, compile_classifier, load_model, quantize_int8
+from training import LoadedModel, load_model, quantize_int8, try_compile_classifier
 from training.hardware import on_own_thread
 
 logger = logging.getLogger("ray.serve")
@@ -76,11 +76,10 @@ def load_served(
         loaded = quantize_int8(loaded)
     compile_error = None
     if compile:
-        try:
-            loaded = compile_classifier(loaded)
-        except Exception as err:  # noqa: BLE001 - Inductor fails in many ways; eager still works
-            compile_error = f"{type(err).__name__}: {err}"[:500]
+        compiled, compile_error = try_compile_classifier(loaded)
+        if compiled is None:  # eager still works
             logger.error("%s runs eagerly: compiling it failed: %s", name, compile_error)
+        loaded = compiled or loaded
     return Served(loaded, ref, name, registry_version, time.time(), (dtype, compile), compile_error)
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         load_model,
         quantize_int8,
         resolve_model_dir,
+        try_compile_classifier,
     )
     from training.pretrain import PretrainResult, preflight, run_pretraining
 
@@ -58,6 +59,7 @@ _HOMES = {
         "load_model",
         "quantize_int8",
         "resolve_model_dir",
+        "try_compile_classifier",
     ),
     "training.pretrain": ("PretrainResult", "preflight", "run_pretraining"),
 }
@@ -87,6 +89,7 @@ __all__ = [
     "resolve_model_dir",
     "run_finetune",
     "run_pretraining",
+    "try_compile_classifier",
     "verify_files",
 ]
 

@@ -148,6 +148,15 @@ def compile_classifier(loaded: LoadedModel) -> LoadedModel:
     return compiled
 
 
+def try_compile_classifier(loaded: LoadedModel) -> tuple[LoadedModel | None, str | None]:
+    """`compile_classifier`, or None and why it failed (Inductor fails in many ways: no C++
+    compiler, an unsupported model); the caller decides whether to run eagerly."""
+    try:
+        return compile_classifier(loaded), None
+    except Exception as err:  # noqa: BLE001
+        return None, f"{type(err).__name__}: {err}"[:500]
+
+
 # ---------------------------------------------------------------- classification
 
 
