@@ -66,7 +66,7 @@ def compare_models(
     import torch
     import transformers
 
-    from training import compile_classifier, load_model
+    from training import load_model
 
     if split is not None and split not in SPLITS:
         raise EvalError(f"--split {split}: use {', '.join(SPLITS)}")
@@ -89,7 +89,7 @@ def compare_models(
                     "LMs or masked LMs, each with their own kind"
                 )
         if compile:
-            loaded = [compile_classifier(model) for model in loaded]
+            loaded = [_compiled(ref, model) for ref, model in zip(refs, loaded, strict=True)]
         source = (
             labeled_source(data.path, data.data_format, data.text_column, data.label_column)
             if data
@@ -412,6 +412,15 @@ def held_out_blocks(
             + (" or score it all with --split all" if split == "validation" and data else "")
         )
     return HeldOutBlocks(blocks, cfg, split, mlm_probability)
+
+
+def _compiled(ref: str, model: Any) -> Any:
+    from training import try_compile_classifier
+
+    compiled, why = try_compile_classifier(model)
+    if compiled is None:
+        raise EvalError(f"--compile: {ref} did not compile ({why}); leave --compile out")
+    return compiled
 
 
 def _evaluate_language_models(

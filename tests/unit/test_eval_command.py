@@ -87,6 +87,17 @@ def test_eval_compiles_classifiers_on_request(user_data, model, tmp_path):
     assert "all split, 1 threads, compiled" in output
 
 
+def test_eval_says_when_a_model_does_not_compile(user_data, model, monkeypatch):
+    def no_compiler(loaded):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr("training.inference.compile_classifier", no_compiler)
+    code, output = _eval(str(model), "--data", str(user_data), "--split", "all", "--compile")
+    assert code == 2, output
+    assert f"--compile: {model} did not compile (RuntimeError: InvalidCxxCompiler" in output
+    assert "leave --compile out" in output
+
+
 def test_eval_takes_a_split_of_the_users_data(user_data, model, tmp_path):
     out = tmp_path / "results.json"
     code, output = _eval(str(model), "--data", str(user_data), "--output", str(out))
