@@ -110,8 +110,21 @@ def resolve_start_model(cfg: Job) -> tuple[Job, dict[str, Any] | None]:
     recipe's student is then checked against its teacher (`check_student`)."""
     check_gates(cfg)
     cfg, origin = _resolve_reference(cfg)
+    cfg = _resolve_student_base(cfg)
     check_student(cfg)
     return cfg, origin
+
+
+def _resolve_student_base(cfg: Job) -> Job:
+    """A `pretrained` student's `models:/` base as its verified directory."""
+    from training import DistillConfig
+
+    if not isinstance(cfg, DistillConfig) or not is_model_ref(cfg.student.base or ""):
+        return cfg
+    registry = _recipe_registry(cfg)
+    version = registry.get(cfg.student.base or "")
+    student = cfg.student.model_copy(update={"base": str(registry.resolve(version.ref))})
+    return cfg.model_copy(update={"student": student})
 
 
 def _resolve_reference(cfg: Job) -> tuple[Job, dict[str, Any] | None]:
@@ -125,8 +138,7 @@ def _resolve_reference(cfg: Job) -> tuple[Job, dict[str, Any] | None]:
         return cfg, None
     if not is_model_ref(ref):
         return cfg, None
-    root = cfg.registry.root if cfg.registry is not None else None
-    registry = Registry(root or default_root())  # the recipe's own registry first
+    registry = _recipe_registry(cfg)
     version = registry.get(ref)
     path = str(registry.resolve(version.ref))  # the version just read, even if the alias moves
     origin = {"registry": {"ref": ref, "version": version.ref, "root": registry.root}}
@@ -153,3 +165,9 @@ def register_export(model_dir: str, cfg: RegistryConfig, console: Console) -> Mo
         except PromotionRefused as err:
             console.print(f"[yellow]not promoted[/yellow]: {err}")
     return version
+
+
+def _recipe_registry(cfg: Job) -> Registry:
+    """Where a recipe's `models:/` references resolve: its `registry.root`, else the default."""
+    root = cfg.registry.root if cfg.registry is not None else None
+    return Registry(root or default_root())

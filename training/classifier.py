@@ -7,7 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from training.config import StudentConfig
 
@@ -21,15 +26,31 @@ def _label_maps(label_names: list[str]) -> dict[str, Any]:
 
 
 def classifier_from_pretrained(
-    base_dir: str | Path, label_names: list[str], dropout: float
+    base_dir: str | Path, label_names: list[str], dropout: float | None = None
 ) -> PreTrainedModel:
-    """A pretrained encoder (any BERT-style directory) with a freshly initialised class head."""
+    """A pretrained model with a freshly initialised class head: an encoder (BERT-style, on its
+    pooled first token) or a causal LM (Llama-style, on its last token). `dropout` None keeps the
+    base's own."""
     config = AutoConfig.from_pretrained(base_dir, **_label_maps(label_names))
-    _set_dropout(config, dropout)
+    if dropout is not None:
+        _set_dropout(config, dropout)
+    if getattr(config, "pad_token_id", None) is None:
+        # A causal LM's head reads the last token before the padding, which it finds by this id.
+        config.pad_token_id = classifier_tokenizer(base_dir).pad_token_id
     config.problem_type = "single_label_classification"
     return AutoModelForSequenceClassification.from_pretrained(
         base_dir, config=config, ignore_mismatched_sizes=True
     )
+
+
+def classifier_tokenizer(model_dir: str | Path) -> Any:
+    """A model's tokenizer as classifiers use it: padding on the right, and for a causal LM
+    without a pad token, its end-of-text token instead (padding is masked out either way)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
 
 
 def default_student_layers(teacher_layers: int, student_layers: int) -> list[int]:
@@ -45,7 +66,10 @@ def default_student_layers(teacher_layers: int, student_layers: int) -> list[int
 def check_student(cfg: StudentConfig, teacher: Any, hidden_matching: bool = False) -> list[int]:
     """The teacher layers the student mirrors; `ValueError` naming the key when the student
     cannot be built from this teacher. `teacher`: its config (`hidden_size`,
-    `num_attention_heads`, `num_hidden_layers`, `intermediate_size`)."""
+    `num_attention_heads`, `num_hidden_layers`, `intermediate_size`). A `pretrained` student
+    owes the teacher nothing: no layers."""
+    if cfg.init == "pretrained":
+        return []
     if cfg.init == "scratch":
         hidden = cfg.hidden_size or teacher.hidden_size
         heads = cfg.num_heads or teacher.num_attention_heads
@@ -81,8 +105,11 @@ def student_from_teacher(
 
     `teacher_layers`: the teacher's embeddings, the chosen layers, pooler and head are copied, so
     the student starts close to the teacher. `scratch`: a fresh encoder of the given width with
-    the teacher's vocabulary and labels.
+    the teacher's vocabulary and labels. (A `pretrained` student is built from its base alone:
+    `classifier_from_pretrained`.)
     """
+    if cfg.init == "pretrained":
+        raise ValueError("a student.init 'pretrained' student is built from student.base")
     t_config = teacher.config
     layers = check_student(cfg, t_config)
     config = copy.deepcopy(t_config)

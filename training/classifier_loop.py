@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from training.checkpoint import TrainerState, restore_checkpoint, save_checkpoint
 from training.classifier import classifier_from_pretrained, student_from_teacher
 from training.config import DistillConfig, FinetuneConfig
+from training.finetune import TEACHER_LOGITS
 from training.hardware import all_reduce, fast_bf16
 from training.inference import length_sorted_batches
 from training.labeled import LABELED
@@ -32,7 +33,6 @@ from training.loop import (
 from training.metrics import PeakMemory, StepWindow, TrainingMetrics
 from training.objectives import distillation_loss, hidden_state_loss
 
-TEACHER_LOGITS = "teacher_logits"
 LENGTH_GROUP_BATCHES = 50
 """Batches per window that `epoch_batches` sorts by length (Hugging Face's group_by_length uses
 the same megabatch of 50)."""
@@ -191,6 +191,9 @@ def _build_models(
     if isinstance(cfg, FinetuneConfig):
         model = classifier_from_pretrained(loop_config["base_dir"], label_names, cfg.model.dropout)
         return model, None, []
+    if cfg.student.init == "pretrained":
+        # Its own tokenizer: the teacher's logits come precomputed, per text (see DistillConfig).
+        return classifier_from_pretrained(loop_config["student_dir"], label_names), None, []
     from transformers import AutoModelForSequenceClassification
 
     teacher = AutoModelForSequenceClassification.from_pretrained(loop_config["teacher_dir"])

@@ -487,9 +487,14 @@ class ClassifierModelConfig(_Config):
 
 
 class StudentConfig(_Config):
-    init: Literal["teacher_layers", "scratch"] = "teacher_layers"
+    init: Literal["teacher_layers", "scratch", "pretrained"] = "teacher_layers"
     """`teacher_layers`: copy embeddings and the listed layers from the teacher;
-    `scratch`: a freshly initialised encoder of the given size (teacher's vocabulary)."""
+    `scratch`: a freshly initialised encoder of the given size (teacher's vocabulary);
+    `pretrained`: the pretrained model `base`, with its own tokenizer and a new class head (the
+    teacher may be a different architecture, e.g. a causal LM fine-tuned as a classifier)."""
+    base: str | None = None
+    """The `pretrained` student's start: `minilm` (packaged), an exported fmstack model
+    directory or URI, or a registry reference (`models:/name@production`)."""
     layers: list[int] | None = None
     """Teacher layers to copy (e.g. [0, 5]); default: evenly spaced, `num_layers` of them."""
     num_layers: int = Field(default=2, ge=1)
@@ -517,6 +522,19 @@ class StudentConfig(_Config):
                 "student.hidden_size and num_heads are for init 'scratch'; a teacher_layers "
                 "student has the teacher's width and heads"
             )
+        if (self.init == "pretrained") != (self.base is not None):
+            raise ValueError(
+                "student.base is the model a student.init 'pretrained' starts from: set both "
+                "(e.g. init: pretrained, base: minilm) or neither"
+            )
+        if self.init == "pretrained":
+            shape = ("hidden_size", "intermediate_size", "num_heads", "num_layers")
+            fields = type(self).model_fields
+            if shaped := [k for k in shape if getattr(self, k) != fields[k].default]:
+                raise ValueError(
+                    f"student.{', student.'.join(shaped)}: a 'pretrained' student has the shape of "
+                    "student.base; remove them"
+                )
         return self
 
 
@@ -561,6 +579,17 @@ class DistillConfig(_ClassifierJob):
     """Teacher, temperature and loss weights."""
     student: StudentConfig = StudentConfig()
     """How the student is built."""
+
+    @model_validator(mode="after")
+    def _own_tokenizer_needs_precomputed(self) -> DistillConfig:
+        d = self.distillation
+        if self.student.init == "pretrained" and d.alpha > 0 and d.teacher_logits != "precomputed":
+            raise ValueError(
+                "distillation.teacher_logits: a student.init 'pretrained' student reads the texts "
+                "with its own tokenizer, so the teacher labels them beforehand; set "
+                "teacher_logits: precomputed"
+            )
+        return self
 
 
 Job = TypeVar("Job", PretrainConfig, FinetuneConfig, DistillConfig)

@@ -23,6 +23,9 @@ from training.config import DistillConfig, FinetuneConfig, RecipeError
 from training.storage import MANIFEST, join, publish_directory
 
 ClassifierJob = FinetuneConfig | DistillConfig
+TEACHER_LOGITS = "teacher_logits"
+"""The training rows' column of precomputed teacher logits (read by the workers' loop)."""
+ROW = "row"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,13 +76,24 @@ def classifier_steps(cfg: ClassifierJob, train_examples: int) -> tuple[int, int]
     return steps_per_epoch, max_steps
 
 
-def preflight(cfg: ClassifierJob) -> Path:
-    """Checks that need no Ray: the data source exists and the start model resolves."""
+def pretrained_student(cfg: ClassifierJob) -> str | None:
+    """The model a `pretrained` distillation student starts from, else None."""
+    if isinstance(cfg, DistillConfig) and cfg.student.init == "pretrained":
+        return cfg.student.base
+    return None
+
+
+def preflight(cfg: ClassifierJob) -> tuple[Path, Path]:
+    """Checks that need no Ray: the data source exists and the models resolve. Returns the
+    directory of the model the job starts from (base or teacher) and of the one whose tokenizer
+    the trained model reads with (that model, or a `pretrained` student's base)."""
     from training.inference import resolve_model_dir
     from training.labeled import check_labeled_source
 
     check_labeled_source(cfg.data.source)
-    return resolve_model_dir(source_model(cfg))
+    start_dir = resolve_model_dir(source_model(cfg))
+    student = pretrained_student(cfg)
+    return start_dir, resolve_model_dir(student) if student else start_dir
 
 
 def run_finetune(
@@ -88,13 +102,13 @@ def run_finetune(
     """Fine-tune (or distill) a classifier to completion, export the best checkpoint, and
     evaluate it on the test split. `origin` describes where the start model came from (e.g. the
     registry version of a teacher) for the manifest's lineage."""
-    start_dir = preflight(cfg)
+    start_dir, tokenizer_dir = preflight(cfg)
     from training.pretrain import build_trainer, ensure_ray, storage_root
 
     ensure_ray(address, cfg)
     import ray.train
-    from transformers import AutoTokenizer
 
+    from training.classifier import classifier_tokenizer
     from training.classifier_loop import classifier_loop_per_worker
     from training.data import configure_ray_data
     from training.labeled import labeled_fingerprint, load_splits
@@ -104,7 +118,7 @@ def run_finetune(
     splits = load_splits(cfg.data, cfg.train.seed)
     label_names = splits.label_names
     print(f"data: {splits.summary()}", flush=True)
-    tokenizer = AutoTokenizer.from_pretrained(start_dir)
+    tokenizer = classifier_tokenizer(tokenizer_dir)
     train_frame = training_frame(cfg, splits.train)
     per_worker = len(train_frame) // cfg.scaling.num_workers
     if per_worker < cfg.train.micro_batch_size:
@@ -114,11 +128,14 @@ def run_finetune(
             "scaling.num_workers"
         )
     steps_per_epoch, max_steps = classifier_steps(cfg, len(train_frame))
-    train_ds = tokenized_dataset(train_frame, tokenizer, cfg.data.max_length)
-    val_ds = tokenized_dataset(splits.validation, tokenizer, cfg.data.max_length)
+    extra_columns = {}
     if precomputed_teacher(cfg):
         cpus = max(1, int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker))
-        train_ds = with_teacher_logits(train_ds, start_dir, cfg.train.micro_batch_size, cpus)
+        extra_columns[TEACHER_LOGITS] = teacher_logits(
+            train_frame, start_dir, cfg.data.max_length, cfg.train.micro_batch_size, cpus
+        )
+    train_ds = tokenized_dataset(train_frame, tokenizer, cfg.data.max_length, extra_columns)
+    val_ds = tokenized_dataset(splits.validation, tokenizer, cfg.data.max_length)
     train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
 
     eval_every = cfg.train.eval_every or steps_per_epoch
@@ -132,6 +149,7 @@ def run_finetune(
         "max_steps": max_steps,
         "eval_every": eval_every,
         "base_dir" if job == "finetune" else "teacher_dir": str(start_dir),
+        "student_dir": str(tokenizer_dir),
     }
     trainer = build_trainer(
         classifier_loop_per_worker,
@@ -158,7 +176,7 @@ def run_finetune(
     )
     export_uri = join(run_dir, "model")
     manifest_lineage = {
-        **_start_lineage(cfg, start_dir, origin),
+        **_start_lineage(cfg, start_dir, tokenizer_dir, origin),
         "dataset": {
             "source": cfg.data.source.model_dump(mode="json"),
             "sha256": labeled_fingerprint(cfg.data, cfg.train.seed),
@@ -175,6 +193,7 @@ def run_finetune(
             cfg,
             Path(ckpt_dir),
             start_dir,
+            tokenizer_dir,
             label_names,
             splits.test,
             export_uri,
@@ -211,9 +230,12 @@ def training_frame(cfg: ClassifierJob, train: Any) -> Any:
     return train.sample(frac=1.0, random_state=cfg.train.seed)
 
 
-def tokenized_dataset(frame: Any, tokenizer: Any, max_length: int) -> Any:
-    """A Ray dataset of fixed-length rows: input_ids, attention_mask (padded) and label, and
-    `labeled` where the frame has it."""
+def tokenized_dataset(
+    frame: Any, tokenizer: Any, max_length: int, extra: dict[str, np.ndarray] | None = None
+) -> Any:
+    """A Ray dataset of fixed-length rows: input_ids, attention_mask (padded, on the right for
+    `trim_padding`: see `classifier_tokenizer`) and label, `labeled` where the frame has it, and
+    the `extra` columns (one entry a row)."""
     import ray.data
 
     from training.labeled import LABELED
@@ -232,6 +254,7 @@ def tokenized_dataset(frame: Any, tokenizer: Any, max_length: int) -> Any:
     }
     if LABELED in frame:
         columns[LABELED] = frame[LABELED].to_numpy(np.int8)
+    columns |= extra or {}
     rows = zip(*columns.values(), strict=True)
     return ray.data.from_items([dict(zip(columns, row, strict=True)) for row in rows])
 
@@ -261,15 +284,25 @@ class TeacherLogits:
                 {k: self.torch.tensor(batch[k]) for k in ("input_ids", "attention_mask")}
             )
             logits = self.model(**inputs).logits.float().numpy()
-        return {**batch, "teacher_logits": logits}
+        return {ROW: batch[ROW], TEACHER_LOGITS: logits}
 
 
-def with_teacher_logits(ds: Any, teacher_dir: Path, batch_size: int, cpus: int) -> Any:
-    """The training split with a `teacher_logits` column, from one actor using `cpus` CPUs (the
-    training workers' CPUs, free until training starts)."""
+def teacher_logits(
+    frame: Any, teacher_dir: Path, max_length: int, batch_size: int, cpus: int
+) -> np.ndarray:
+    """The teacher's logits for each row of `frame`, in its order, from one Ray Data actor using
+    `cpus` CPUs (the training workers' CPUs, free until training starts). The teacher reads the
+    texts with its own tokenizer, so the student may have another."""
     import ray.data
 
-    return ds.map_batches(
+    from training.classifier import classifier_tokenizer
+
+    tokenizer = classifier_tokenizer(teacher_dir)
+    # Shortest texts first, so that each batch pads little (a third of the teacher's time on
+    # these reviews, against a random order); the row numbers restore the frame's order.
+    order = np.argsort(frame["text"].str.len().to_numpy(), kind="stable")
+    ds = tokenized_dataset(frame.iloc[order], tokenizer, max_length, {ROW: order})
+    scored = ds.map_batches(
         TeacherLogits,
         fn_constructor_kwargs={"model_dir": str(teacher_dir), "threads": cpus},
         batch_size=max(32, batch_size),
@@ -277,6 +310,11 @@ def with_teacher_logits(ds: Any, teacher_dir: Path, batch_size: int, cpus: int) 
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=cpus,
     )
+    parts = list(scored.iter_batches(batch_size=None, batch_format="numpy"))
+    rows = np.concatenate([p[ROW] for p in parts])
+    logits = np.empty((len(frame), parts[0][TEACHER_LOGITS].shape[1]), dtype=np.float32)
+    logits[rows] = np.concatenate([p[TEACHER_LOGITS] for p in parts])
+    return logits
 
 
 # ---------------------------------------------------------------- export
@@ -286,6 +324,7 @@ def export_classifier(
     cfg: ClassifierJob,
     checkpoint_dir: Path,
     start_dir: Path,
+    tokenizer_dir: Path,
     label_names: list[str],
     test: Any,
     export_uri: str,
@@ -293,26 +332,27 @@ def export_classifier(
     validation: dict[str, float],
 ) -> tuple[dict[str, Any], str]:
     """Consolidate a checkpoint into a Hugging Face classifier, evaluate it on the test split,
-    and publish it with its report. Returns the manifest metrics and the printed report."""
+    and publish it with its report and `tokenizer_dir`'s tokenizer. Returns the manifest metrics
+    and the printed report."""
     import time
 
     import torch
     import transformers
-    from transformers import AutoTokenizer
 
     from training.checkpoint import consolidated_state_dict, load_weights, write_export
+    from training.classifier import classifier_tokenizer
     from training.evaluation import format_classification_report, format_confusion_matrix
     from training.inference import LoadedModel, evaluate_classifier
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    model = build_classifier(cfg, start_dir, label_names)
+    model = build_classifier(cfg, start_dir, tokenizer_dir, label_names)
     with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed narrates the consolidation
         load_weights(model, consolidated_state_dict(checkpoint_dir))
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(start_dir)
+    tokenizer = classifier_tokenizer(tokenizer_dir)
     torch.set_num_threads(os.cpu_count() or 1)
-    loaded = LoadedModel(model, tokenizer, "classification", label_names, {}, start_dir)
+    loaded = LoadedModel(model, tokenizer, "classification", label_names, {}, tokenizer_dir)
     evaluation = evaluate_classifier(
         loaded, test["text"].tolist(), test["label"].tolist(), max_length=cfg.data.max_length
     )
@@ -349,7 +389,9 @@ def export_classifier(
     return metrics, report
 
 
-def build_classifier(cfg: ClassifierJob, start_dir: Path, label_names: list[str]) -> Any:
+def build_classifier(
+    cfg: ClassifierJob, start_dir: Path, student_dir: Path, label_names: list[str]
+) -> Any:
     """The architecture the workers trained (its weights are replaced by the checkpoint's)."""
     from transformers import AutoModelForSequenceClassification
 
@@ -357,26 +399,40 @@ def build_classifier(cfg: ClassifierJob, start_dir: Path, label_names: list[str]
 
     if isinstance(cfg, FinetuneConfig):
         return classifier_from_pretrained(start_dir, label_names, cfg.model.dropout)
+    if pretrained_student(cfg):
+        return classifier_from_pretrained(student_dir, label_names)
     teacher = AutoModelForSequenceClassification.from_pretrained(start_dir)
     student, _ = student_from_teacher(teacher, cfg.student)
     return student
 
 
 def _start_lineage(
-    cfg: ClassifierJob, start_dir: Path, origin: dict[str, Any] | None
+    cfg: ClassifierJob, start_dir: Path, student_dir: Path, origin: dict[str, Any] | None
 ) -> dict[str, Any]:
-    parent: dict[str, Any] = {"ref": source_model(cfg), "path": str(start_dir), **(origin or {})}
-    manifest_path = start_dir / MANIFEST
-    if manifest_path.is_file():
-        parent_manifest = json.loads(manifest_path.read_text())
-        parent |= {
-            "task": parent_manifest.get("task"),
-            "metrics": parent_manifest.get("metrics", {}),
-            "run": parent_manifest.get("lineage", {}).get("run"),
+    parent = _model_lineage(source_model(cfg), start_dir, origin)
+    if isinstance(cfg, FinetuneConfig):
+        return {"base_model": parent, "teacher": None}
+    if student := pretrained_student(cfg):
+        return {"teacher": parent, "base_model": _model_lineage(student, student_dir, None)}
+    # A student built from the teacher descends from the teacher's own base model.
+    base = _manifest(start_dir).get("lineage", {}).get("base_model")
+    return {"teacher": parent, "base_model": base}
+
+
+def _model_lineage(ref: str, path: Path, origin: dict[str, Any] | None) -> dict[str, Any]:
+    """A start model as a new model's lineage names it: its reference and directory, and for an
+    fmstack export its task, metrics and run."""
+    entry: dict[str, Any] = {"ref": ref, "path": str(path), **(origin or {})}
+    if manifest := _manifest(path):
+        entry |= {
+            "task": manifest.get("task"),
+            "metrics": manifest.get("metrics", {}),
+            "run": manifest.get("lineage", {}).get("run"),
         }
-        if isinstance(cfg, DistillConfig):
-            # The student descends from the teacher's own base model.
-            return {"teacher": parent, "base_model": parent_manifest["lineage"].get("base_model")}
-    if isinstance(cfg, DistillConfig):
-        return {"teacher": parent, "base_model": None}
-    return {"base_model": parent, "teacher": None}
+    return entry
+
+
+def _manifest(model_dir: Path) -> dict[str, Any]:
+    """An fmstack export's manifest; empty for a plain Hugging Face directory."""
+    path = model_dir / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from rich.console import Console
 from transformers import AutoTokenizer
 
@@ -27,6 +28,7 @@ from training import (
 )
 from training.data import build_datasets, read_documents
 from training.evaluation import classification_report
+from training.finetune import teacher_logits
 from training.labeled import load_splits
 
 pytestmark = pytest.mark.integration
@@ -103,6 +105,55 @@ def test_finetune_then_distill_a_classifier(ray_cluster, tiny_encoder, tmp_path,
     assert stop, printed[-2000:]
     stopped, best = int(stop[1]), int(stop[2])
     assert stopped < 56 and best == stopped - 8 == s_manifest["metrics"]["best_step"]
+
+
+def test_a_causal_lm_classifier_teaches_an_encoder_with_its_own_tokenizer(
+    ray_cluster, tiny_causal_lm_dir, tiny_encoder, tmp_path
+):
+    # A Llama fine-tuned as a classifier (its head on the last token) ...
+    recipe = tiny_classifier_recipe(
+        tmp_path,
+        str(tiny_causal_lm_dir),
+        data={"max_examples": 160},
+        train={"epochs": 1},
+        checkpoint={"run_name": "tiny-llama-classifier"},
+    )
+    teacher = run_finetune(parse_recipe(recipe, schema=FinetuneConfig))
+    manifest = read_manifest(teacher.model_dir)
+    assert manifest["architecture"] == "llama"
+    assert manifest["lineage"]["base_model"]["path"] == str(tiny_causal_lm_dir)
+    teacher_model = load_model(teacher.model_dir)
+    assert teacher_model.task == "classification"
+
+    # ... labels the texts with its tokenizer, in the frame's order whatever order Ray Data
+    # returns them in ...
+    cfg = parse_recipe(recipe, schema=FinetuneConfig)
+    texts = load_splits(cfg.data, cfg.train.seed).train.head(40)
+    logits = teacher_logits(texts, Path(teacher.model_dir), 32, batch_size=8, cpus=1)
+    probabilities = classify(teacher_model, texts["text"].tolist(), max_length=32)
+    from_logits = torch.softmax(torch.from_numpy(logits), -1).numpy()
+    np.testing.assert_allclose(from_logits, probabilities, atol=1e-4, rtol=1e-4)
+
+    # ... for a pretrained encoder that reads them with its own.
+    student_recipe = {key: value for key, value in recipe.items() if key != "model"}
+    student_cfg = parse_recipe(
+        {
+            **student_recipe,
+            "distillation": {"teacher": teacher.model_dir, "alpha": 0.7, "augment": {"copies": 1}},
+            "student": {"init": "pretrained", "base": str(tiny_encoder)},
+            "checkpoint": {"storage_path": str(tmp_path / "runs"), "run_name": "tiny-bert-student"},
+        },
+        schema=DistillConfig,
+    )
+    student = run_finetune(student_cfg)
+    s_manifest = read_manifest(student.model_dir)
+    assert s_manifest["architecture"] == "bert"
+    assert s_manifest["lineage"]["teacher"]["path"] == teacher.model_dir
+    assert s_manifest["lineage"]["teacher"]["metrics"] == manifest["metrics"]
+    assert s_manifest["lineage"]["base_model"]["path"] == str(tiny_encoder)
+    student_tokenizer = AutoTokenizer.from_pretrained(student.model_dir)
+    assert student_tokenizer.get_vocab() == AutoTokenizer.from_pretrained(tiny_encoder).get_vocab()
+    assert 0.0 <= student.metrics["accuracy"] <= 1.0
 
 
 def test_causal_lm_distillation_from_a_frozen_teacher(ray_cluster, tmp_path):

@@ -15,7 +15,12 @@ from cluster import handover
 from cluster.cli import app
 from tests.conftest import tiny_classifier_recipe
 from training import DistillConfig, FinetuneConfig, RecipeError, load_recipe, parse_recipe
-from training.classifier import default_student_layers, student_from_teacher
+from training.classifier import (
+    classifier_from_pretrained,
+    classifier_tokenizer,
+    default_student_layers,
+    student_from_teacher,
+)
 from training.config import StudentConfig
 from training.objectives import distillation_loss, hidden_state_loss, soft_target_loss
 
@@ -126,6 +131,20 @@ def test_a_student_with_every_teacher_layer_reproduces_the_teacher():
     assert loss.item() == pytest.approx(0.0, abs=1e-8)
 
 
+def test_a_causal_lm_classifies_from_its_last_real_token(tiny_causal_lm_dir):
+    # The tiny Llama's config has no pad_token_id; its classifier takes the tokenizer's.
+    model = classifier_from_pretrained(tiny_causal_lm_dir, ["rotten", "fresh"]).eval()
+    tokenizer = classifier_tokenizer(tiny_causal_lm_dir)
+    assert model.config.pad_token_id == tokenizer.pad_token_id is not None
+    texts = ["a fine film", "dull, long and much too loud for its own good"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    assert batch["attention_mask"][0, -1] == 0  # padded on the right
+    with torch.no_grad():
+        together = model(**batch).logits
+        alone = torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+
+
 def test_a_narrower_student_keeps_the_feed_forward_neurons_that_matter():
     teacher = _teacher(layers=3)
     with torch.no_grad():  # 8 of each layer's 32 neurons cannot reach the output
@@ -186,6 +205,23 @@ def test_classifier_recipes_validate(tmp_path):
             {"distillation": {"alpha": 0, "hidden_weight": 1.0, "teacher_logits": "in_worker"}},
             "distillation.hidden_weight: hidden-state matching is part of the teacher's loss, "
             "which alpha 0 switches off",
+        ),
+        ({"student": {"init": "pretrained"}}, "student.base is the model a student.init"),
+        ({"student": {"base": "minilm"}}, "student.base is the model a student.init"),
+        (
+            {"student": {"init": "pretrained", "base": "minilm", "num_layers": 3}},
+            "student.num_layers: a 'pretrained' student has the shape of student.base",
+        ),
+        (
+            {"student": {"init": "pretrained", "base": "minilm", "layers": [0]}},
+            "student.layers is only read when student.init is teacher_layers",
+        ),
+        (
+            {
+                "student": {"init": "pretrained", "base": "minilm"},
+                "distillation": {"teacher_logits": "in_worker"},
+            },
+            "a student.init 'pretrained' student reads the texts with its own tokenizer",
         ),
     ],
 )
@@ -264,6 +300,17 @@ def test_a_student_its_teacher_cannot_give_is_refused_before_training(tmp_path, 
     cfg = parse_recipe(recipe, schema=DistillConfig)
     with pytest.raises(RecipeError, match=message):
         handover.resolve_start_model(cfg)
+
+
+def test_a_pretrained_student_needs_nothing_of_its_teachers_shape(tmp_path):
+    teacher = str(_teacher_dir(tmp_path, 32))
+    student = {"init": "pretrained", "base": "minilm"}
+    recipe = _distill_recipe(tmp_path, distillation={"teacher": teacher}, student=student)
+    cfg = parse_recipe(recipe, schema=DistillConfig)
+    assert handover.resolve_start_model(cfg) == (cfg, None)
+    # Without the teacher, it is the labels-only baseline: in_worker then has nothing to run.
+    recipe["distillation"] |= {"alpha": 0, "teacher_logits": "in_worker"}
+    assert parse_recipe(recipe, schema=DistillConfig).student.base == "minilm"
 
 
 def test_hidden_state_matching_needs_the_teachers_width(tmp_path):
