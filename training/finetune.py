@@ -292,14 +292,19 @@ def teacher_logits(
 ) -> np.ndarray:
     """The teacher's logits for each row of `frame`, in its order, from one Ray Data actor using
     `cpus` CPUs (the training workers' CPUs, free until training starts). The teacher reads the
-    texts with its own tokenizer, so the student may have another."""
+    texts with its own tokenizer, so the student may have another. They are kept in the cache
+    (`teacher_logits_path`), and a later run of the same teacher on the same texts reuses them."""
     import ray.data
 
     from training.classifier import classifier_tokenizer
 
+    cached = teacher_logits_path(frame["text"].tolist(), teacher_dir, max_length)
+    if cached.is_file():
+        print(f"data: the teacher's logits for these texts, from {cached}", flush=True)
+        return np.load(cached)
     tokenizer = classifier_tokenizer(teacher_dir)
-    # Shortest texts first, so that each batch pads little (a third of the teacher's time on
-    # these reviews, against a random order); the row numbers restore the frame's order.
+    # Shortest texts first, so that each batch pads little; the row numbers restore the
+    # frame's order.
     order = np.argsort(frame["text"].str.len().to_numpy(), kind="stable")
     ds = tokenized_dataset(frame.iloc[order], tokenizer, max_length, {ROW: order})
     scored = ds.map_batches(
@@ -314,7 +319,27 @@ def teacher_logits(
     rows = np.concatenate([p[ROW] for p in parts])
     logits = np.empty((len(frame), parts[0][TEACHER_LOGITS].shape[1]), dtype=np.float32)
     logits[rows] = np.concatenate([p[TEACHER_LOGITS] for p in parts])
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".npy", delete=False) as tmp:
+        np.save(tmp, logits)
+    os.replace(tmp.name, cached)  # whole or not at all
     return logits
+
+
+def teacher_logits_path(texts: list[str], teacher_dir: Path, max_length: int) -> Path:
+    """Where the teacher's logits for `texts` are kept: named by a digest of the teacher's
+    files, the texts and `max_length`, so that any change to one of them computes them anew."""
+    import hashlib
+
+    from training.assets import cache_dir
+    from training.checkpoint import sha256_file
+
+    digest = hashlib.sha256(f"{max_length}\0".encode())
+    for path in sorted(p for p in teacher_dir.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(teacher_dir)}\0{sha256_file(path)}\0".encode())
+    for text in texts:
+        digest.update(text.encode() + b"\0")
+    return cache_dir() / "teacher-logits" / f"{digest.hexdigest()[:32]}.npy"
 
 
 # ---------------------------------------------------------------- export

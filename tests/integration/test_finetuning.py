@@ -28,7 +28,7 @@ from training import (
 )
 from training.data import build_datasets, read_documents
 from training.evaluation import classification_report
-from training.finetune import teacher_logits
+from training.finetune import teacher_logits, teacher_logits_path
 from training.labeled import load_splits
 
 pytestmark = pytest.mark.integration
@@ -108,7 +108,7 @@ def test_finetune_then_distill_a_classifier(ray_cluster, tiny_encoder, tmp_path,
 
 
 def test_a_causal_lm_classifier_teaches_an_encoder_with_its_own_tokenizer(
-    ray_cluster, tiny_causal_lm_dir, tiny_encoder, tmp_path
+    ray_cluster, tiny_causal_lm_dir, tiny_encoder, tmp_path, capsys
 ):
     # A Llama fine-tuned as a classifier (its head on the last token) ...
     recipe = tiny_classifier_recipe(
@@ -133,6 +133,15 @@ def test_a_causal_lm_classifier_teaches_an_encoder_with_its_own_tokenizer(
     probabilities = classify(teacher_model, texts["text"].tolist(), max_length=32)
     from_logits = torch.softmax(torch.from_numpy(logits), -1).numpy()
     np.testing.assert_allclose(from_logits, probabilities, atol=1e-4, rtol=1e-4)
+    # A second run of the same teacher on the same texts reads them from the cache.
+    cached = teacher_logits_path(texts["text"].tolist(), Path(teacher.model_dir), 32)
+    assert cached.is_file()
+    capsys.readouterr()
+    again = teacher_logits(texts, Path(teacher.model_dir), 32, batch_size=8, cpus=1)
+    assert f"the teacher's logits for these texts, from {cached}" in capsys.readouterr().out
+    np.testing.assert_array_equal(again, logits)
+    assert teacher_logits_path(texts["text"].tolist(), Path(teacher.model_dir), 24) != cached
+    cached.unlink()
 
     # ... for a pretrained encoder that reads them with its own.
     student_recipe = {key: value for key, value in recipe.items() if key != "model"}
