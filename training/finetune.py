@@ -459,5 +459,6 @@ def _model_lineage(ref: str, path: Path, origin: dict[str, Any] | None) -> dict[
 
 def _manifest(model_dir: Path) -> dict[str, Any]:
     """An fmstack export's manifest; empty for a plain Hugging Face directory."""
-    path = model_dir / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else {}
+    from training.checkpoint import read_manifest
+
+    return read_manifest(model_dir) if (model_dir / MANIFEST).is_file() else {}
