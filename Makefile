@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration lint format bench bench-pretrain bench-distill bench-serve chart clean
+.PHONY: help setup demo test test-unit test-integration lint format models bench bench-pretrain bench-distill bench-serve chart clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,6 +26,13 @@ test-unit: setup ## Unit tests only (no Ray, seconds)
 
 test-integration: setup ## Integration tests (one local Ray cluster, real DeepSpeed)
 	$(PY) -m pytest -q -m integration $(PYTEST_ARGS)
+
+models: setup ## Train the registry's sentiment models that the README measures (about 2.5 hours on 2 cores)
+	fmstack finetune --config configs/finetune/smollm2-rotten-tomatoes.yaml
+	fmstack distill --config configs/distill/minilm-from-smollm2.yaml
+	fmstack distill --config configs/distill/minilm-student.yaml
+	fmstack distill --config configs/distill/minilm-student.yaml --set distillation.alpha=0 \
+	  --set distillation.augment.copies=0 --set train.epochs=8 --set registry.name=sentiment-student-labels-only
 
 lint: ## ruff (lint and format check) and mypy
 	$(VENV)/bin/ruff check .
