@@ -27,7 +27,7 @@ test-unit: setup ## Unit tests only (no Ray, seconds)
 test-integration: setup ## Integration tests (one local Ray cluster, real DeepSpeed)
 	$(PY) -m pytest -q -m integration $(PYTEST_ARGS)
 
-models: setup ## Train the registry's sentiment models that the README measures (about 2.5 hours on 2 cores)
+models: setup ## Train the registry's sentiment models that the README measures (about 2 hours on 2 cores)
 	fmstack finetune --config configs/finetune/smollm2-rotten-tomatoes.yaml
 	fmstack distill --config configs/distill/minilm-from-smollm2.yaml
 	fmstack distill --config configs/distill/minilm-student.yaml
