@@ -32,7 +32,8 @@ models: setup ## Train the registry's sentiment models that the README measures 
 	fmstack distill --config configs/distill/minilm-from-smollm2.yaml
 	fmstack distill --config configs/distill/minilm-student.yaml
 	fmstack distill --config configs/distill/minilm-student.yaml --set distillation.alpha=0 \
-	  --set distillation.augment.copies=0 --set train.epochs=8 --set registry.name=sentiment-student-labels-only
+	  --set distillation.augment.copies=0 --set train.epochs=8 --set checkpoint.run_name=minilm-student-labels-only \
+	  --set registry.name=sentiment-student-labels-only
 
 lint: ## ruff (lint and format check) and mypy
 	$(VENV)/bin/ruff check .
