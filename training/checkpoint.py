@@ -17,11 +17,38 @@ from typing import Any
 
 import torch
 
-from training.storage import MANIFEST
+from training.config import RecipeError
+from training.storage import MANIFEST, join, list_names, read_text, write_text
 
 DEEPSPEED_TAG = "deepspeed"
 STATE_FILE = "trainer_state.json"
+RECIPE_FILE = "recipe.json"
+"""The recipe a run's checkpoints were trained by, beside them in the run directory."""
 FORMAT_VERSION = 1
+
+RESUMABLE_CHANGES = (
+    "registry",
+    "checkpoint.every_steps",
+    "checkpoint.num_to_keep",
+    "checkpoint.max_failures",
+    "optimizer.lr",
+    "optimizer.warmup_steps",
+    "optimizer.grad_clip",
+    "train.max_steps",
+    "train.epochs",
+    "train.early_stopping_patience",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.log_every",
+    "train.fail_once_at_step",
+    "scaling.cpus_per_worker",
+    "scaling.torch_threads",
+    "scaling.release_freed_memory",
+)
+"""Recipe keys a resubmission may change and still resume: where the model is registered, how
+long the run goes on, how often it reports, saves and validates, and the learning rate, warm-up
+and clipping (what a diverged run is resumed with). Any other change would mix two recipes in
+one model."""
 
 
 @dataclasses.dataclass
@@ -53,6 +80,46 @@ class TrainerState:
     @classmethod
     def from_json(cls, text: str) -> TrainerState:
         return cls(**json.loads(text))
+
+
+def claim_run(run_dir: str, recipe: dict[str, Any]) -> None:
+    """Record the recipe a run trains by; refuse a resubmission under the same run name whose
+    recipe differs in more than `RESUMABLE_CHANGES` while the run has checkpoints to resume."""
+    record = join(run_dir, RECIPE_FILE)
+    saved = read_text(record)
+    has_checkpoints = any(n.startswith("checkpoint_") for n in list_names(run_dir))
+    if saved is not None and has_checkpoints:
+        changed = recipe_changes(json.loads(saved), recipe)
+        if changed:
+            name = run_dir.rstrip("/").rpartition("/")[2]
+            raise RecipeError(
+                f"checkpoint.run_name: run {name!r} has checkpoints trained by a different recipe "
+                f"({'; '.join(changed)}), and a resubmission under its name resumes them; set "
+                f"another checkpoint.run_name for a new run, or delete {run_dir} to start over"
+            )
+    write_text(record, json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+
+
+def recipe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """`key: old -> new` for each leaf that differs, outside `RESUMABLE_CHANGES`."""
+    old, new = _leaves(before), _leaves(after)
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) == new.get(key):
+            continue
+        if any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_CHANGES):
+            continue
+        changes.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return changes
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out |= _leaves(value, f"{prefix}.{key}" if prefix else key)
+    return out
 
 
 def save_checkpoint(engine: Any, state: TrainerState, metrics: dict[str, float]) -> float:

@@ -103,8 +103,11 @@ def run_finetune(
     evaluate it on the test split. `origin` describes where the start model came from (e.g. the
     registry version of a teacher) for the manifest's lineage."""
     start_dir, tokenizer_dir = preflight(cfg)
+    from training.checkpoint import claim_run
     from training.pretrain import build_trainer, ensure_ray, storage_root
 
+    run_dir = join(storage_root(cfg), cfg.checkpoint.run_name)
+    claim_run(run_dir, cfg.model_dump(mode="json"))
     ensure_ray(address, cfg)
     import ray.train
 
@@ -139,8 +142,6 @@ def run_finetune(
     train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
 
     eval_every = cfg.train.eval_every or steps_per_epoch
-    root = storage_root(cfg)
-    run_dir = join(root, cfg.checkpoint.run_name)
     lower_is_better = cfg.train.metric == "validation_loss"
     loop_config: dict[str, Any] = {
         "job": job,

@@ -165,14 +165,17 @@ def run_pretraining(
     tokenizer_cfg = cfg.tokenizer_config
     if teacher_dir is not None:  # the student speaks the teacher's vocabulary
         tokenizer_cfg = TokenizerConfig(kind="pretrained", path=str(teacher_dir))
+    from training.checkpoint import claim_run
+
+    root = storage_root(cfg)
+    run_dir = join(root, cfg.checkpoint.run_name)
+    claim_run(run_dir, cfg.model_dump(mode="json"))
     ensure_ray(address, cfg)
     import ray.train
 
     from training.loop import train_loop_per_worker
 
     configure_ray_data()
-    root = storage_root(cfg)
-    run_dir = join(root, cfg.checkpoint.run_name)
     documents = read_documents(cfg.data)
     tokenizer_uri = prepare_tokenizer(tokenizer_cfg, documents, run_dir)
     train_ds, val_ds = build_datasets(cfg, documents, str(local_copy(tokenizer_uri)))

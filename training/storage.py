@@ -31,6 +31,48 @@ def exists(path: str) -> bool:
     return fs.get_file_info(p).type != pafs.FileType.NotFound
 
 
+def read_text(path: str) -> str | None:
+    """The file's text, or None if it does not exist."""
+    if not is_uri(path):
+        return Path(path).read_text() if Path(path).is_file() else None
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(path)
+    try:
+        with fs.open_input_stream(p) as f:
+            return f.read().decode()
+    except FileNotFoundError:
+        return None
+
+
+def write_text(path: str, text: str) -> None:
+    """Replace the file in one step: a rename locally, one PUT on object storage."""
+    if not is_uri(path):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+        staging.write_text(text)
+        staging.replace(target)
+        return
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(path)
+    fs.create_dir(p.rpartition("/")[0], recursive=True)
+    with fs.open_output_stream(p) as f:
+        f.write(text.encode())
+
+
+def list_names(path: str) -> list[str]:
+    """Names of the entries directly in the directory `path`; none if it does not exist."""
+    if not is_uri(path):
+        return sorted(e.name for e in Path(path).iterdir()) if Path(path).is_dir() else []
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(path)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return sorted(info.base_name for info in infos)
+
+
 def publish_directory(local_dir: Path, dest: str, manifest_last: str | None = None) -> None:
     """Copy `local_dir` to `dest` so that readers never see a half-written directory."""
     if not is_uri(dest):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from training import (
     parse_recipe,
     preflight,
 )
+from training.checkpoint import claim_run
 from training.data import DataSourceError
 
 
@@ -155,6 +157,34 @@ def test_cli_refuses_missing_data_before_ray_starts(tmp_path, recipe_factory):
     result = CliRunner().invoke(app, ["pretrain", "--config", str(path)])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_a_run_refuses_to_resume_checkpoints_of_a_different_recipe(tmp_path):
+    recipe = tiny_classifier_recipe(tmp_path, "minilm", registry={"name": "sentiment"})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run_dir = tmp_path / "runs" / "tiny-finetune"
+    claim_run(str(run_dir), parse_recipe(recipe, schema=FinetuneConfig).model_dump(mode="json"))
+    (run_dir / "checkpoint_00000010").mkdir()
+
+    # ray.init raises in unit tests: exit code 2 proves the refusal came before Ray started.
+    changed = ["--set", "data.max_length=48", "--set", "train.seed=3"]
+    result = CliRunner().invoke(app, ["finetune", "--config", str(path), *changed])
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "checkpoint.run_name: run 'tiny-finetune' has checkpoints trained by a" in output
+    assert "data.max_length: 32 -> 48; train.seed: 0 -> 3" in output
+    assert "set another checkpoint.run_name" in output
+
+    # Running longer, saving more often, a lower learning rate or another registry name resumes.
+    resumable = {"train.epochs": 4, "checkpoint.every_steps": 5, "optimizer.lr": 1e-3}
+    cfg = load_recipe(path, resumable | {"registry.name": "other"}, schema=FinetuneConfig)
+    claim_run(str(run_dir), cfg.model_dump(mode="json"))
+    # Without checkpoints there is nothing to mix up: the new recipe takes the run over.
+    (run_dir / "checkpoint_00000010").rmdir()
+    cfg = load_recipe(path, {"train.seed": 3}, schema=FinetuneConfig)
+    claim_run(str(run_dir), cfg.model_dump(mode="json"))
+    assert json.loads((run_dir / "recipe.json").read_text())["train"]["seed"] == 3
 
 
 def test_a_recipes_models_resolve_in_its_own_registry(tmp_path, monkeypatch):
