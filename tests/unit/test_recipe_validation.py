@@ -187,6 +187,18 @@ def test_a_run_refuses_to_resume_checkpoints_of_a_different_recipe(tmp_path):
     assert json.loads((run_dir / "recipe.json").read_text())["train"]["seed"] == 3
 
 
+def test_a_run_in_object_storage_keeps_its_recipe_beside_its_checkpoints(tmp_path):
+    # A file:// URI stands in for s3:// and gs://: the same pyarrow.fs code reads and writes it.
+    recipe = parse_recipe(tiny_classifier_recipe(tmp_path, "minilm"), schema=FinetuneConfig)
+    run_uri = f"file://{tmp_path}/bucket/runs/tiny-finetune"
+    claim_run(run_uri, recipe.model_dump(mode="json"))
+    (tmp_path / "bucket/runs/tiny-finetune/checkpoint_00000002").mkdir()
+    claim_run(run_uri, recipe.model_dump(mode="json"))
+    other = recipe.model_copy(update={"model": recipe.model.model_copy(update={"dropout": 0.3})})
+    with pytest.raises(RecipeError, match=r"model\.dropout: 0\.1 -> 0\.3"):
+        claim_run(run_uri, other.model_dump(mode="json"))
+
+
 def test_a_recipes_models_resolve_in_its_own_registry(tmp_path, monkeypatch):
     root = tmp_path / "team-registry"
     Registry(root).register(make_export(tmp_path / "export"), "teacher")  # hidden_size 8
