@@ -185,7 +185,9 @@ def test_a_damaged_version_is_detected_on_load(tmp_path: Path, export: Path) -> 
     registry = Registry(tmp_path / "registry")
     stored = Path(registry.register(export, "sst2").uri)
     weights = stored / "model.safetensors"
-    weights.write_bytes(b"\0" + weights.read_bytes()[1:])
+    damaged = bytearray(weights.read_bytes())
+    damaged[0] ^= 0xFF  # flipped: the random byte may already be any value we would set
+    weights.write_bytes(bytes(damaged))
     with pytest.raises(CorruptModelError, match=r"sst2@1: .*model\.safetensors does not match"):
         registry.resolve("sst2")
     (stored / "tokenizer" / "vocab.txt").unlink()
