@@ -270,7 +270,7 @@ def serving_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---------------------------------------------------------------- a real Prometheus
 
 PROMETHEUS_CONFIG = """\
-global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+global: {{scrape_interval: {interval}, evaluation_interval: 1s}}
 scrape_configs:
   - job_name: ray
     static_configs: [{{targets: {targets}}}]
@@ -304,11 +304,12 @@ def prometheus_servers(directory: Path) -> Iterator[Callable[[list[str]], str]]:
         missing("prometheus is not installed (make setup installs Debian's package)")
     processes: list[subprocess.Popen] = []
 
-    def start(targets: list[str]) -> str:
+    def start(targets: list[str], interval: str = "1s") -> str:
+        """Scrape every `interval`; a scrape that takes longer than that fails."""
         run_dir = directory / f"prometheus-{len(processes)}"
         run_dir.mkdir(parents=True)
         config = run_dir / "prometheus.yml"
-        config.write_text(PROMETHEUS_CONFIG.format(targets=targets))
+        config.write_text(PROMETHEUS_CONFIG.format(targets=targets, interval=interval))
         port = free_port()
         log_path = run_dir / "prometheus.log"
         processes.append(

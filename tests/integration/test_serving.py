@@ -539,13 +539,15 @@ class Traffic:
         return [r for r in self.results if r[0] != 200]
 
 
-def _wait(condition, timeout: float, what: str) -> None:
+def _wait(condition, timeout: float, what: str, state=None) -> None:
+    """Wait for `condition`; a timeout says what was awaited and, given `state`, what it saw."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    seen = f" ({state()})" if state else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{seen}")
 
 
 def test_load_scales_replicas_up_and_back_down(served):
@@ -707,15 +709,25 @@ def test_serving_metrics_reach_a_real_prometheus(served, prometheus):
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
-    base = prometheus([target])
+    # Ray's agent, serving every metric of a long-lived cluster, may take over a second to answer
+    # on a busy machine; a scrape fails when it takes longer than the interval.
+    base = prometheus([target], interval="5s")
 
     def query(expr: str) -> list[dict]:
         url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
         with urllib.request.urlopen(url, timeout=10) as r:
             return json.load(r)["data"]["result"]
 
+    def scrapes() -> str:
+        with urllib.request.urlopen(f"{base}/api/v1/targets", timeout=10) as r:
+            targets = json.load(r)["data"]["activeTargets"]
+        return "; ".join(
+            f"{t['scrapeUrl']} {t['health']} in {t['lastScrapeDuration']:.2f} s {t['lastError']}"
+            for t in targets
+        )
+
     expr = 'sum by (variant, status) (fmstack_serve_requests_total{route="classify"})'
-    _wait(lambda: query(expr), 60, "Prometheus to scrape fmstack_serve_requests_total")
+    _wait(lambda: query(expr), 60, "Prometheus to scrape fmstack_serve_requests_total", scrapes)
     statuses = {(s["metric"]["variant"], s["metric"]["status"]) for s in query(expr)}
     assert {("distilled", "200"), ("full", "200"), ("none", "422")} <= statuses
     loaded = query("fmstack_serve_model_loaded_info == 1")
