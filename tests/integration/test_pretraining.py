@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import missing, prometheus_servers, tiny_recipe
-from training import parse_recipe, read_manifest, run_pretraining, verify_files
+from training import RecipeError, parse_recipe, read_manifest, run_pretraining, verify_files
 from training.models import build_model
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,16 @@ def causal_runs(ray_cluster, tmp_path_factory) -> SimpleNamespace:
         started = time.monotonic()
         first = run_pretraining(parse_recipe(tiny_recipe(tmp, train={"max_steps": 6})))
         second = run_pretraining(parse_recipe(tiny_recipe(tmp, train={"max_steps": 12})))
-        yield SimpleNamespace(first=first, second=second, prometheus=prometheus, started=started)
+        other = tiny_recipe(tmp, train={"max_steps": 18}, optimizer={"schedule": "constant"})
+        with pytest.raises(RecipeError) as refused:
+            run_pretraining(parse_recipe(other))
+        yield SimpleNamespace(
+            first=first,
+            second=second,
+            refused=str(refused.value),
+            prometheus=prometheus,
+            started=started,
+        )
 
 
 def test_causal_pretraining_learns_resumes_by_run_name_and_exports(causal_runs):
@@ -58,6 +67,8 @@ def test_causal_pretraining_learns_resumes_by_run_name_and_exports(causal_runs):
     assert m["resumed_from_step"] == 6
     assert m["step"] == 12
     assert m["validation_loss"] < 0.8 * m["initial_validation_loss"]
+    # Another recipe under the same run name is refused rather than resumed.
+    assert "optimizer.schedule: 'cosine' -> 'constant'" in causal_runs.refused
 
     # The export is a plain Hugging Face directory with an intact manifest.
     verify_files(result.model_dir)
