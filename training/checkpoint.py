@@ -91,7 +91,7 @@ def claim_run(run_dir: str, recipe: dict[str, Any]) -> None:
     if saved is not None and has_checkpoints:
         changed = recipe_changes(json.loads(saved), recipe)
         if changed:
-            name = run_dir.rstrip("/").rpartition("/")[2]
+            name = recipe["checkpoint"]["run_name"]
             raise RecipeError(
                 f"checkpoint.run_name: run {name!r} has checkpoints trained by a different recipe "
                 f"({'; '.join(changed)}), and a resubmission under its name resumes them; set "
