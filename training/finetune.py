@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ ClassifierJob = FinetuneConfig | DistillConfig
 TEACHER_LOGITS = "teacher_logits"
 """The training rows' column of precomputed teacher logits (read by the workers' loop)."""
 ROW = "row"
+LABELLING_REPORT_S = 30.0
+"""Seconds between progress lines while the teacher labels the training texts."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +301,7 @@ def teacher_logits(
     import ray.data
 
     from training.classifier import classifier_tokenizer
+    from training.loop import format_duration
 
     cached = teacher_logits_path(frame["text"].tolist(), teacher_dir, max_length)
     if cached.is_file():
@@ -316,7 +320,23 @@ def teacher_logits(
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=cpus,
     )
-    parts = list(scored.iter_batches(batch_size=None, batch_format="numpy"))
+    # The texts go shortest first, so the work done is measured in characters, not texts.
+    work_done = np.cumsum(frame["text"].str.len().to_numpy()[order])
+    parts, done = [], 0
+    started = reported = time.monotonic()
+    for part in scored.iter_batches(batch_size=None, batch_format="numpy"):
+        parts.append(part)
+        done += len(part[ROW])
+        now = time.monotonic()
+        if now - reported >= LABELLING_REPORT_S or done == len(frame):
+            reported = now
+            share = work_done[done - 1] / max(work_done[-1], 1)
+            eta = (now - started) * (1 - share) / max(share, 1e-9)
+            print(
+                f"teacher: labelled {done:,}/{len(frame):,} texts | "
+                f"{done / max(now - started, 1e-9):,.0f} texts/s | eta {format_duration(eta)}",
+                flush=True,
+            )
     rows = np.concatenate([p[ROW] for p in parts])
     logits = np.empty((len(frame), parts[0][TEACHER_LOGITS].shape[1]), dtype=np.float32)
     logits[rows] = np.concatenate([p[TEACHER_LOGITS] for p in parts])

@@ -129,7 +129,9 @@ def test_a_causal_lm_classifier_teaches_an_encoder_with_its_own_tokenizer(
     # returns them in ...
     cfg = parse_recipe(recipe, schema=FinetuneConfig)
     texts = load_splits(cfg.data, cfg.train.seed).train.head(40)
+    capsys.readouterr()
     logits = teacher_logits(texts, Path(teacher.model_dir), 32, batch_size=8, cpus=1)
+    assert "teacher: labelled 40/40 texts" in capsys.readouterr().out  # a progress line
     probabilities = classify(teacher_model, texts["text"].tolist(), max_length=32)
     from_logits = torch.softmax(torch.from_numpy(logits), -1).numpy()
     np.testing.assert_allclose(from_logits, probabilities, atol=1e-4, rtol=1e-4)
