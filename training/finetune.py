@@ -310,7 +310,8 @@ def teacher_logits(
     tokenizer = classifier_tokenizer(teacher_dir)
     # Shortest texts first, so that each batch pads little; the row numbers restore the
     # frame's order.
-    order = np.argsort(frame["text"].str.len().to_numpy(), kind="stable")
+    lengths = frame["text"].str.len().to_numpy()
+    order = np.argsort(lengths, kind="stable")
     ds = tokenized_dataset(frame.iloc[order], tokenizer, max_length, {ROW: order})
     scored = ds.map_batches(
         TeacherLogits,
@@ -321,7 +322,7 @@ def teacher_logits(
         num_cpus=cpus,
     )
     # The texts go shortest first, so the work done is measured in characters, not texts.
-    work_done = np.cumsum(frame["text"].str.len().to_numpy()[order])
+    work_done = np.cumsum(lengths[order])
     parts, done = [], 0
     started = reported = time.monotonic()
     for part in scored.iter_batches(batch_size=None, batch_format="numpy"):
