@@ -2,7 +2,7 @@
 # The main job at demo size, each step on an embedded local Ray (about 10 minutes on 2 cores):
 #   1. pretrain a 12M-parameter GPT-2 from scratch
 #   2. fine-tune MiniLM for sentiment, register it (demo-sentiment@candidate if accuracy >= 0.70)
-#   3. distill it into a 3-layer student, register that too
+#   3. distill it into a 4-layer student, register that too
 #   4. evaluate teacher and student side by side: report, latency, speed-up
 #   5. serve both (and SmolLM2) on Ray Serve, send real requests, leave it running
 # Each run gets fresh run names, so a second demo trains again rather than resuming.
@@ -27,7 +27,7 @@ fmstack finetune --config configs/finetune/minilm-rotten-tomatoes.yaml \
   --set train.eval_every=22 --set registry.name=demo-sentiment \
   --set 'registry.require=["accuracy>=0.70"]'
 
-step "3/5 distill: a 3-layer student from the registered teacher"
+step "3/5 distill: a 4-layer student from the registered teacher"
 fmstack distill --config configs/distill/minilm-student.yaml \
   --set checkpoint.run_name="$run-student" --set data.max_examples=2000 --set train.epochs=2 \
   --set distillation.augment.copies=0 \
