@@ -69,7 +69,8 @@ class BatchingConfig(_Config):
     max_batch_size: int = Field(default=16, ge=1, le=512)
     """Requests combined into one forward pass (`@serve.batch`); 1 turns batching off."""
     batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=1)
-    """How long the first request of a batch waits for others."""
+    """How long the first request of a batch waits for others at an idle replica; not at a quiet
+    one, where the last 8 batches each ran one request alone."""
     forward_batch_size: int = Field(default=16, ge=1, le=512)
     """Texts per forward pass: a batch's texts run shortest first, this many at a time, so that
     padding to the longest wastes little (16 is fastest for MiniLM-sized models on CPU; raise it

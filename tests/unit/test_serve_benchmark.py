@@ -41,6 +41,24 @@ def test_the_concurrency_1_overhead_is_split_into_model_and_path() -> None:
     assert "+11.0 ms is a slower forward pass" in note
     assert "+8.0 ms the longer request path" in note
 
+    results.append(_result("fmstack-full-c1", p50_ms=40.0))
+    (note,) = target_notes(results, [], 32)
+    assert note.endswith("With batching on (fmstack-full): 40.0 ms, +9.0 ms.")
+
+
+def test_throughput_targets_are_checked_only_at_their_concurrency() -> None:
+    from benchmarks.harness import Ratio, Stat
+
+    def found(top: int) -> list[Ratio]:
+        label = f"fmstack-distilled / fmstack-full, QPS at c{top}"
+        return [Ratio(label, "", "", "qps", "qps", Stat.of([2.5]))]
+
+    (note,) = target_notes([], found(32), 32)
+    assert note == "FAIL: fmstack-distilled / fmstack-full, QPS at c32 >= 3 (median 2.50)."
+    (note,) = target_notes([], found(8), 8)
+    assert note.startswith("NOT CHECKED: fmstack-distilled / fmstack-full, QPS at c8 >= 3")
+    assert "the target is at concurrency 32; this run went up to 8" in note
+
 
 def _spin(seconds: float) -> dict[str, float]:
     end = time.process_time() + seconds

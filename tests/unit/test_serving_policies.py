@@ -380,17 +380,38 @@ def test_batch_gate_holds_requests_while_a_batch_runs():
             await gate.admit()
             events.append(f"admitted {name}")
 
-        async with gate.running():
+        async with gate.running(3):
             waiting = [asyncio.create_task(request(n)) for n in ("a", "b")]
             await asyncio.sleep(0.05)
             events.append("batch done")
         await asyncio.wait_for(asyncio.gather(*waiting), 1)
-        async with gate.running():  # nothing held: the configured wait again
+        async with gate.running(2):  # nothing held: the configured wait again
             pass
 
     asyncio.run(scenario())
     # What was held forms the next batch at once.
     assert events == ["batch done", "wait 0.0", "admitted a", "admitted b", "wait 0.005"]
+
+
+def test_batch_gate_stops_waiting_at_a_quiet_replica_until_requests_meet_again():
+    from serving.model_server import BatchGate
+
+    class Batcher:
+        def set_batch_wait_timeout_s(self, seconds: float) -> None:
+            waits.append(seconds)
+
+    waits: list[float] = []
+
+    async def scenario() -> None:
+        gate = BatchGate(Batcher(), wait_s=0.005)
+        for requests in [1] * BatchGate.QUIET_BATCHES + [1, 4, 1]:
+            async with gate.running(requests):
+                pass
+
+    asyncio.run(scenario())
+    quiet = BatchGate.QUIET_BATCHES
+    # Requests that keep running alone stop waiting for company; one that has company waits again.
+    assert waits == [0.005] * (quiet - 1) + [0.0, 0.0, 0.005, 0.005]
 
 
 def test_compute_thread_runs_passes_on_one_thread_and_loads_on_their_own():
