@@ -101,6 +101,9 @@ def compare_models(
         for result in results:
             result["compiled"] = compile
         console.print(comparison_table(results))
+        for result in results:
+            if "cascade" in result:
+                console.print(cascade_table(result, results[0]["metrics"]["accuracy"]))
     if output:
         output.write_text(json.dumps(results, indent=2))
         console.print(f"results written to {output}")
@@ -116,15 +119,21 @@ def _evaluate_classifiers(
     source: LabeledSourceConfig | None,
     console: Console,
 ) -> list[dict[str, Any]]:
-    from training.evaluation import format_classification_report, format_confusion_matrix
-    from training.inference import evaluate_classifier, measure_latency
+    from training.evaluation import (
+        format_classification_report,
+        format_confusion_matrix,
+        score_predictions,
+    )
+    from training.inference import classify, measure_latency
 
     held_out = held_out_split(refs, loaded, split, max_examples, source)
     data, names = held_out.data, held_out.label_names
     texts, labels = held_out.texts, held_out.labels
-    results = []
+    results, probabilities = [], []
     for ref, model in zip(refs, loaded, strict=True):
-        evaluation = evaluate_classifier(model, texts, labels, max_length=data.max_length)
+        probs = classify(model, texts, max_length=data.max_length)
+        probabilities.append(probs)
+        evaluation = score_predictions(probs.argmax(-1), labels, model.label_names)
         latency = {
             f"batch_{bs}": measure_latency(
                 model, texts, batch_size=bs, batches=n, max_length=data.max_length
@@ -145,7 +154,57 @@ def _evaluate_classifiers(
                 "latency": latency,
             }
         )
+    _add_cascades(results, loaded, probabilities, labels)
     return results
+
+
+def _add_cascades(
+    results: list[dict[str, Any]],
+    loaded: list[LoadedModel],
+    probabilities: list[np.ndarray],
+    labels: list[int],
+) -> None:
+    """Every later model with the first one's labels, as the student of a cascade that falls
+    back to the first (a teacher and its students, as `fmstack eval` is usually asked)."""
+    from training.evaluation import cascade_tradeoffs
+
+    rate = results[0]["latency"]["batch_32"]["examples_per_second"]
+    for i in range(1, len(results)):
+        if loaded[i].label_names != loaded[0].label_names:
+            continue
+        student_rate = results[i]["latency"]["batch_32"]["examples_per_second"]
+        results[i]["cascade"] = {
+            "fallback": results[0]["model"],
+            "relative_cost": rate / student_rate,
+            "thresholds": cascade_tradeoffs(
+                probabilities[i], probabilities[0], labels, relative_cost=rate / student_rate
+            ),
+        }
+
+
+def cascade_table(result: dict[str, Any], fallback_accuracy: float) -> Table:
+    """A student's cascade to the first model, one row per threshold."""
+    cascade = result["cascade"]
+    table = Table(
+        title=f"cascade: {result['model'].removeprefix('models:/')}, then "
+        f"{cascade['fallback'].removeprefix('models:/')} below the threshold",
+        caption="escalated: texts the fallback answers; cost: compute per text over the "
+        f"fallback's alone, from batch-32 throughput (the student alone "
+        f"{cascade['relative_cost']:.2f}); a serving config's cascade route takes the threshold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column in ("threshold", "escalated", "acc", "vs fallback", "cost"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in cascade["thresholds"]:
+        table.add_row(
+            f"{row['threshold']:g}",
+            f"{row['escalated']:.1%}",
+            f"{row['accuracy']:.4f}",
+            f"{row['accuracy'] / fallback_accuracy:.3f}x" if fallback_accuracy else "-",
+            f"{row['cost']:.2f}",
+        )
+    return table
 
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}

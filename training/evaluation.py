@@ -4,6 +4,8 @@
 `classification_report(..., output_dict=True)` (labels given as `range(len(label_names))`,
 zero division giving 0.0) and `format_classification_report` its text layout, so reports read the
 same as anywhere else. `classification_metrics` flattens a report for manifests and registry gates.
+`cascade_tradeoffs` scores a cascade of two classifiers (a student that answers, a fallback for
+the texts it is unsure of) at a range of confidence thresholds.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "CASCADE_THRESHOLDS",
+    "cascade_tradeoffs",
     "classification_metrics",
     "classification_report",
     "confusion_matrix",
     "format_classification_report",
     "format_confusion_matrix",
+    "score_predictions",
 ]
 
 _HEADERS = ("precision", "recall", "f1-score", "support")
@@ -139,3 +144,55 @@ def classification_metrics(report: dict[str, Any]) -> dict[str, float]:
         "macro_precision": float(macro["precision"]),
         "macro_recall": float(macro["recall"]),
     }
+
+
+def score_predictions(
+    predictions: ArrayLike, labels: ArrayLike, label_names: list[str]
+) -> dict[str, Any]:
+    """Report, confusion matrix and flat metrics of predicted label ids against the true ones."""
+    truth = [int(x) for x in np.asarray(labels)]
+    predicted = [int(x) for x in np.asarray(predictions)]
+    report = classification_report(truth, predicted, label_names)
+    return {
+        "examples": len(truth),
+        "report": report,
+        "confusion_matrix": confusion_matrix(truth, predicted, len(label_names)),
+        "metrics": classification_metrics(report),
+    }
+
+
+CASCADE_THRESHOLDS = (0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99)
+
+
+def cascade_tradeoffs(
+    student_probs: ArrayLike,
+    fallback_probs: ArrayLike,
+    labels: ArrayLike,
+    thresholds: tuple[float, ...] = CASCADE_THRESHOLDS,
+    relative_cost: float | None = None,
+) -> list[dict[str, float]]:
+    """What a cascade answers at each threshold: the student's label where its top probability
+    reaches the threshold, else the fallback's (serving's `cascade` route). Per threshold: the
+    share of texts escalated to the fallback and the cascade's accuracy; with `relative_cost`
+    (the student's compute per text over the fallback's), also `cost`: the cascade's compute
+    per text over the fallback's alone (every text runs the student, escalated ones both)."""
+    student, fallback = np.asarray(student_probs), np.asarray(fallback_probs)
+    truth = np.asarray(labels)
+    if student.shape != fallback.shape or len(truth) != len(student):
+        raise ValueError(
+            f"cascade: probabilities {student.shape} and {fallback.shape} for {len(truth)} "
+            "labels; score both models on the same texts with the same labels"
+        )
+    rows = []
+    for threshold in thresholds:
+        unsure = student.max(-1) < threshold
+        answers = np.where(unsure, fallback.argmax(-1), student.argmax(-1))
+        row = {
+            "threshold": float(threshold),
+            "escalated": float(unsure.mean()) if len(truth) else 0.0,
+            "accuracy": float((answers == truth).mean()) if len(truth) else 0.0,
+        }
+        if relative_cost is not None:
+            row["cost"] = relative_cost + row["escalated"]
+        rows.append(row)
+    return rows

@@ -201,22 +201,10 @@ def evaluate_classifier(
     max_length: int = 128,
 ) -> dict[str, Any]:
     """Classification report, confusion matrix and flat metrics for labeled texts."""
-    from training.evaluation import (
-        classification_metrics,
-        classification_report,
-        confusion_matrix,
-    )
+    from training.evaluation import score_predictions
 
     probs = classify(loaded, texts, batch_size=batch_size, max_length=max_length)
-    predictions = probs.argmax(-1).tolist()
-    truth = [int(x) for x in labels]
-    report = classification_report(truth, predictions, loaded.label_names)
-    return {
-        "examples": len(truth),
-        "report": report,
-        "confusion_matrix": confusion_matrix(truth, predictions, len(loaded.label_names)),
-        "metrics": classification_metrics(report),
-    }
+    return score_predictions(probs.argmax(-1).tolist(), labels, loaded.label_names)
 
 
 def measure_latency(

@@ -131,6 +131,7 @@ def test_pretrain_finetune_distill_register_promote_evaluate_serve_scrape(
     assert rows[1]["parameters"] < rows[0]["parameters"]
     assert all(r["examples"] == 32 for r in rows)
     assert out.count("precision    recall  f1-score   support") == 2  # one report per model
+    assert rows[1]["cascade"]["fallback"] == "models:/e2e-sentiment@candidate"  # thresholds
 
     # Serve: the student answers first, texts it is unsure of go on to the teacher.
     serve_config = {

@@ -73,6 +73,25 @@ def test_eval_scores_every_row_of_the_users_data(user_data, model, tmp_path):
     assert "all split, 1 threads" in output
 
 
+def test_eval_of_a_teacher_and_its_student_weighs_a_cascade(user_data, model, tmp_path):
+    student = export_tiny_classifier(tmp_path / "student", seed=1, layers=1)
+    out = tmp_path / "results.json"
+    code, output = _eval(
+        str(model), str(student), "--data", str(user_data), "--split", "all", "--output", str(out)
+    )
+    assert code == 0, output
+    teacher_result, student_result = json.loads(out.read_text())
+    assert "cascade" not in teacher_result
+    cascade = student_result["cascade"]
+    assert cascade["fallback"] == str(model) and cascade["relative_cost"] > 0
+    rows = cascade["thresholds"]
+    assert [r["threshold"] for r in rows] == sorted(r["threshold"] for r in rows)
+    escalated = [r["escalated"] for r in rows]
+    assert escalated == sorted(escalated)  # a higher threshold escalates no fewer texts
+    assert all(0 <= r["accuracy"] <= 1 for r in rows)
+    assert "below the threshold" in output and "escalated" in output
+
+
 def test_eval_compiles_classifiers_on_request(user_data, model, tmp_path):
     out = tmp_path / "results.json"
     args = (str(model), "--data", str(user_data), "--split", "all", "--output", str(out))

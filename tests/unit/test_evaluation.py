@@ -170,3 +170,27 @@ def test_classify_answers_in_the_order_of_the_texts(tmp_path):
     for single, batched in zip(one_by_one, together, strict=True):
         assert batched == pytest.approx(single, abs=1e-5)
     assert classify(model, []).shape == (0, 2)
+
+
+def test_a_cascade_answers_with_the_fallback_below_the_threshold():
+    from training.evaluation import cascade_tradeoffs
+
+    student = [[0.95, 0.05], [0.6, 0.4], [0.3, 0.7], [0.15, 0.85]]
+    fallback = [[0.9, 0.1], [0.2, 0.8], [0.1, 0.9], [0.6, 0.4]]
+    labels = [0, 1, 1, 1]
+    low, mid, high = cascade_tradeoffs(
+        student, fallback, labels, thresholds=(0.5, 0.8, 0.99), relative_cost=0.25
+    )
+    # 0.5: the student answers everything (3 of 4 right).
+    assert low == {"threshold": 0.5, "escalated": 0.0, "accuracy": 0.75, "cost": 0.25}
+    # 0.8: texts 1 and 2 go to the fallback, which gets text 1 right.
+    assert mid == {"threshold": 0.8, "escalated": 0.5, "accuracy": 1.0, "cost": 0.75}
+    # 0.99: the fallback answers everything, after the student ran on every text.
+    assert high == {"threshold": 0.99, "escalated": 1.0, "accuracy": 0.75, "cost": 1.25}
+
+
+def test_a_cascade_needs_both_models_scored_on_the_same_texts():
+    from training.evaluation import cascade_tradeoffs
+
+    with pytest.raises(ValueError, match="same texts"):
+        cascade_tradeoffs([[0.5, 0.5]], [[0.5, 0.5], [0.1, 0.9]], [0, 1])
