@@ -17,7 +17,8 @@ requests in flight):
 - `fmstack-distilled-int8`: the distilled model served with `dtype: int8` (dynamic int8
   quantisation of its Linear layers; `make bench-distill` reports its accuracy);
 - `fmstack-cascade`: no variant named, so the classify route's cascade answers: the distilled
-  model first, the full model for texts it scores below 0.9;
+  model first, the full model for texts it scores below 0.9; figure `escalated`, the share of
+  requests the full model answered (`fmstack eval` tabulates it for every threshold);
 - `plain-full`, `plain-distilled`: the same model behind a minimal FastAPI + transformers app
   under uvicorn (`benchmarks/plain_server.py`), one forward pass per request;
 - `fmstack-full-x8`, `fmstack-distilled-x8` (at the highest concurrency only): clients that send
@@ -80,6 +81,7 @@ LABELS = {
     "forward_ms": "forward ms",
     "mean_batch": "mean batch",
     "cpu_ms": "CPU ms/req",
+    "escalated": "escalated",
     "model_cpu_ms": "model CPU ms/req",
     "promote_to_serving_s": "promote to new version (s)",
     "failed_requests": "failed requests",
@@ -188,6 +190,21 @@ def counted_case(
             figures["forward_ms"] = 1000 * (seconds_after - seconds) / (passes_after - passes)
             if batching:
                 figures["mean_batch"] = (requests_after - requests) / (passes_after - passes)
+        return figures
+
+    return run
+
+
+def escalation_case(
+    load: Callable[[], Figures], fallback_counters: Callable[[], Counters], requests: int
+) -> Callable[[], Figures]:
+    """A cascade's load case that also reports the share of its requests (one text each) that
+    the fallback answered, from the fallback replica's count of requests (warm-up included)."""
+
+    def run() -> Figures:
+        before = fallback_counters()[1]
+        figures = dict(load())
+        figures["escalated"] = (fallback_counters()[1] - before) / requests
         return figures
 
     return run
@@ -492,15 +509,18 @@ def run_benchmark(
                 )
                 # The cascade asks the distilled variant first, and the full one for some texts.
                 served_by = ("distilled", "full") if variant == "cascade" else (variant,)
+                load = cpu_case(
+                    load_case(f"{base}/v1/classify", fm_bodies, c), replica_pids(served_by), sent
+                )
+                if variant == "cascade":
+                    load = escalation_case(
+                        load, functools.partial(replica_counters, base, "full"), sent
+                    )
                 cases.append(
                     Case(
                         f"fmstack-{variant}-c{c}",
                         counted_case(
-                            cpu_case(
-                                load_case(f"{base}/v1/classify", fm_bodies, c),
-                                replica_pids(served_by),
-                                sent,
-                            ),
+                            load,
                             functools.partial(replica_counters, base, served_by[0]),
                             batching=True,
                         ),

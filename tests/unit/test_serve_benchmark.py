@@ -10,7 +10,7 @@ import time
 import pytest
 
 from benchmarks.harness import CaseResult, Sample
-from benchmarks.serve import counted_case, cpu_case, target_notes
+from benchmarks.serve import counted_case, cpu_case, escalation_case, target_notes
 
 
 def test_a_case_reports_forward_time_and_batch_size_from_the_counters() -> None:
@@ -24,6 +24,12 @@ def test_a_case_reports_forward_time_and_batch_size_from_the_counters() -> None:
 
     idle = counted_case(lambda: {"qps": 0.0}, lambda: (7, 7, 0.7), batching=True)
     assert idle() == {"qps": 0.0}  # nothing ran: no figure made up
+
+
+def test_a_cascade_case_reports_the_share_of_requests_the_fallback_answered() -> None:
+    readings = iter([(5, 40, 0.5), (9, 70, 0.9)])  # the fallback took 30 more requests
+    run = escalation_case(lambda: {"qps": 5.0}, lambda: next(readings), requests=120)
+    assert run() == {"qps": 5.0, "escalated": 0.25}
 
 
 def _result(name: str, **figures: float) -> CaseResult:
