@@ -172,12 +172,12 @@ def _add_cascades(
     for i in range(1, len(results)):
         if loaded[i].label_names != loaded[0].label_names:
             continue
-        student_rate = results[i]["latency"]["batch_32"]["examples_per_second"]
+        cost = rate / results[i]["latency"]["batch_32"]["examples_per_second"]
         results[i]["cascade"] = {
             "fallback": results[0]["model"],
-            "relative_cost": rate / student_rate,
+            "relative_cost": cost,
             "thresholds": cascade_tradeoffs(
-                probabilities[i], probabilities[0], labels, relative_cost=rate / student_rate
+                probabilities[i], probabilities[0], labels, relative_cost=cost
             ),
         }
 
